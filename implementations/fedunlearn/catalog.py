@@ -1,0 +1,197 @@
+"""The catalog: every entry of the knowledge base, declared once.
+
+An entry is declared by the module that implements it, as a module-level ``ENTRY``
+(an [`Entry`][fedunlearn.catalog.Entry]). The catalog finds entries by importing every module of
+the family subpackages (``fedunlearn.foundations``, ``fedunlearn.perturbation``,
+``fedunlearn.decomposition``, ``fedunlearn.incremental``); nothing else lists them. Index tables,
+the taxonomy page, the bibliography and each page's entry card are derived from here and from
+``references/``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Family slug -> human title. The three unlearning families come from the survey
+#: (Qu et al., arXiv 2406.09831); ``foundations`` holds the federated-learning entries they build on.
+FAMILIES: dict[str, str] = {
+    "foundations": "Federated learning foundations",
+    "perturbation": "Perturbation",
+    "decomposition": "Model decomposition",
+    "incremental": "Incremental learning (retraining)",
+}
+
+#: One-paragraph description of each family, used on the taxonomy page.
+FAMILY_DESCRIPTIONS: dict[str, str] = {
+    "foundations": (
+        "The federated training every unlearning method starts from: FedAvg aggregation and "
+        "federated instruction tuning of a language model through LoRA adapters."
+    ),
+    "perturbation": (
+        "Remove influence by changing the trained weights directly: gradient ascent on the "
+        "data to forget, noise, or projections, usually followed by a short repair."
+    ),
+    "decomposition": (
+        "Structure the model so that a contribution lives in separable parts (shards, adapters, "
+        "sub-models) and can be dropped or re-trained alone."
+    ),
+    "incremental": (
+        "Retrain without the data to forget, but cheaper than from scratch: reuse the stored "
+        "training history, calibrate it, or correct it with approximate second-order steps."
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ReportedClaim:
+    """A number or qualitative result as the cited paper reports it.
+
+    Attributes:
+        claim: What is claimed, in our words (e.g. "speed-up over retraining").
+        reported: The value as reported (e.g. "4x"), or "figure only".
+        where: Its place in the paper (e.g. "Table 3", "Fig. 4", "Sec. V-B").
+    """
+
+    claim: str
+    reported: str
+    where: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry: a citation, a page, an implementation, a notebook and tests sharing a slug.
+
+    Attributes:
+        slug: Identifier used in every path (``fedavg``, ``federaser``).
+        family: One of [`FAMILIES`][fedunlearn.catalog.FAMILIES].
+        title: Human title of the method.
+        citation_keys: BibTeX keys in ``references/``; the first is the method's paper.
+        summary: One sentence for index tables.
+        claims: Reported claims that the notebook reproduces.
+        methods: Names under which the harness can run it (``fedunlearn bench --methods``).
+    """
+
+    slug: str
+    family: str
+    title: str
+    citation_keys: tuple[str, ...]
+    summary: str
+    claims: tuple[ReportedClaim, ...] = ()
+    methods: tuple[str, ...] = ()
+    implementation: str = ""
+
+    @property
+    def notebook(self) -> str:
+        """Repository-relative path of the jupytext notebook."""
+        return f"notebooks/{self.family}/{self.slug}.py"
+
+    @property
+    def test(self) -> str:
+        """Repository-relative path of the entry's tests."""
+        return f"tests/{self.family}/test_{self.slug}.py"
+
+    @property
+    def page(self) -> str:
+        """Path of the entry's page relative to ``docs/``."""
+        return f"entries/{self.family}/{self.slug}.md"
+
+    def as_dict(self) -> dict:
+        """Plain-data view used by ``fedunlearn list --format json``."""
+        return {
+            "slug": self.slug,
+            "family": self.family,
+            "title": self.title,
+            "citation_keys": list(self.citation_keys),
+            "summary": self.summary,
+            "implementation": self.implementation,
+            "notebook": self.notebook,
+            "test": self.test,
+            "page": self.page,
+            "methods": list(self.methods),
+            "claims": [vars(c) for c in self.claims],
+        }
+
+
+class CatalogError(Exception):
+    """A problem with the catalog (duplicate slug, unknown family, import failure)."""
+
+
+def _family_modules(family: str) -> list[str]:
+    package = importlib.import_module(f"fedunlearn.{family}")
+    return sorted(
+        f"{package.__name__}.{info.name}"
+        for info in pkgutil.iter_modules(package.__path__)
+        if not info.name.startswith("_")
+    )
+
+
+def discover(strict: bool = True) -> tuple[list[Entry], list[str]]:
+    """Import every family module and collect its ``ENTRY``.
+
+    Args:
+        strict: Raise on the first problem instead of collecting it.
+
+    Returns:
+        The entries sorted by family order then slug, and a list of problems (one line each).
+
+    Raises:
+        CatalogError: When ``strict`` and a module fails to import, an entry names an unknown
+            family or a slug is declared twice.
+    """
+    entries: list[Entry] = []
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for family in FAMILIES:
+        for module_name in _family_modules(family):
+            try:
+                module = importlib.import_module(module_name)
+            except Exception as exc:  # noqa: BLE001 - reported, not hidden
+                problems.append(f"{module_name}: import failed: {type(exc).__name__}: {exc}")
+                continue
+            entry = getattr(module, "ENTRY", None)
+            if entry is None:
+                continue
+            entry = Entry(**{**vars(entry), "implementation": module_name})
+            if entry.family != family:
+                problems.append(
+                    f"{module_name}: ENTRY.family is {entry.family!r} but the module lives in "
+                    f"fedunlearn.{family}"
+                )
+            if entry.slug in seen:
+                problems.append(
+                    f"{module_name}: slug {entry.slug!r} already declared by {seen[entry.slug]}"
+                )
+                continue
+            seen[entry.slug] = module_name
+            entries.append(entry)
+    if strict and problems:
+        raise CatalogError("\n".join(problems))
+    order = list(FAMILIES)
+    entries.sort(key=lambda e: (order.index(e.family) if e.family in order else 99, e.slug))
+    return entries, problems
+
+
+def entries() -> list[Entry]:
+    """All entries (strict discovery)."""
+    return discover(strict=True)[0]
+
+
+def get(slug: str) -> Entry:
+    """The entry with this slug.
+
+    Raises:
+        KeyError: With the list of known slugs when ``slug`` is unknown.
+    """
+    for entry in entries():
+        if entry.slug == slug:
+            return entry
+    known = ", ".join(e.slug for e in entries())
+    raise KeyError(f"unknown entry {slug!r}; known entries: {known}")
+
+
+def repo_root() -> Path:
+    """The repository checkout this package is installed from (``implementations/..``)."""
+    return Path(__file__).resolve().parents[2]

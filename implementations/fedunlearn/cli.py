@@ -1,0 +1,363 @@
+"""Command-line interface: ``fedunlearn list | cite | check`` (and ``bench`` once it exists).
+
+Each subcommand is a [`Subcommand`][fedunlearn.cli.Subcommand]: a name, a help line, a function
+that adds its arguments and a function that runs it and returns the exit status. Built-in
+subcommands are listed in [`SUBCOMMANDS`][fedunlearn.cli.SUBCOMMANDS]. Another module can contribute
+one without editing this file's logic: name it in
+[`OPTIONAL_SUBCOMMANDS`][fedunlearn.cli.OPTIONAL_SUBCOMMANDS] and give it two module-level
+functions, ``add_arguments(parser)`` and ``run(args) -> int``; the first line of its docstring is
+the help text. It is imported only when its subcommand is invoked, and skipped while the module
+does not exist.
+
+Exit statuses: 0 success, 1 ``check`` found problems, 2 a usage error (unknown key, bad option).
+User errors print one clear line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+PROG = "fedunlearn"
+
+
+class CommandError(Exception):
+    """A user error: printed as one line on stderr, exit status ``status``."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``fedunlearn`` subcommand.
+
+    Attributes:
+        name: What the user types (``list``).
+        help: One line shown by ``fedunlearn --help``.
+        add_arguments: Adds the subcommand's options to its parser.
+        run: Runs it on the parsed arguments and returns the exit status.
+        description: Longer text for ``fedunlearn NAME --help`` (defaults to ``help``).
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str = ""
+
+
+# --------------------------------------------------------------------------- list
+
+
+def _list_arguments(parser: argparse.ArgumentParser) -> None:
+    from fedunlearn.catalog import FAMILIES
+
+    parser.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="'table' (default) for reading, 'json' for scripts: one object per entry with "
+        "slug, family, title, citation_keys, implementation, notebook, test and page",
+    )
+    parser.add_argument(
+        "--family", choices=tuple(FAMILIES), help="show only the entries of this family"
+    )
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    from fedunlearn.catalog import discover
+
+    entries, problems = discover(strict=False)
+    for problem in problems:
+        print(f"{PROG}: warning: {problem}", file=sys.stderr)
+    if args.family:
+        entries = [e for e in entries if e.family == args.family]
+    if args.format == "json":
+        print(json.dumps([e.as_dict() for e in entries], indent=2))
+        return 0
+    if not entries:
+        print("no entries yet")
+        return 0
+    rows = [["FAMILY", "SLUG", "TITLE", "CITATION KEYS"]]
+    rows += [[e.family, e.slug, e.title, ", ".join(e.citation_keys)] for e in entries]
+    print(_table(rows))
+    return 0
+
+
+# --------------------------------------------------------------------------- cite
+
+
+def _cite_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "keys",
+        nargs="*",
+        metavar="KEY",
+        help="citation key (a file stem in references/, e.g. liu2021federaser) or an entry "
+        "slug (e.g. federaser), which stands for all of that entry's keys",
+    )
+    parser.add_argument(
+        "--all", action="store_true", help="print every record of references/, sorted by key"
+    )
+
+
+def _run_cite(args: argparse.Namespace) -> int:
+    from fedunlearn.references import close_matches, format_bibtex, load_library
+
+    if not args.keys and not args.all:
+        raise CommandError("give at least one KEY, or --all (see 'fedunlearn cite --help')")
+    library = load_library()
+    if args.all:
+        print(format_bibtex(list(library)), end="")
+        return 0
+    keys: list[str] = []
+    slugs: dict[str, tuple[str, ...]] | None = None
+    for name in args.keys:
+        if name in library:
+            keys.append(name)
+            continue
+        if slugs is None:
+            from fedunlearn.catalog import discover
+
+            slugs = {e.slug: e.citation_keys for e in discover(strict=False)[0]}
+        if name in slugs:
+            keys.extend(slugs[name])
+            continue
+        hint = close_matches(name, [*library, *slugs])
+        suggestion = f"; close matches: {', '.join(hint)}" if hint else ""
+        raise CommandError(
+            f"unknown citation key or entry {name!r}{suggestion} "
+            f"('fedunlearn cite --all' prints every record)"
+        )
+    print(format_bibtex(dict.fromkeys(keys)), end="")
+    return 0
+
+
+# --------------------------------------------------------------------------- check
+
+
+def _check_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="repository checkout to check (default: the one this package is installed from)",
+    )
+
+
+def check_repository(root: Path | None = None) -> tuple[list[str], int]:
+    """Every consistency problem of the knowledge base, one line each.
+
+    Checks the catalog (imports, families, duplicate slugs), the bibliography (including keys
+    cited by entries), and that each entry's implementation imports and its notebook, test file
+    and docs page exist, the page naming the entry in its front matter (``entry: <slug>``).
+
+    Args:
+        root: The repository checkout; defaults to [`repo_root`][fedunlearn.catalog.repo_root].
+
+    Returns:
+        The problems, and the number of entries checked.
+    """
+    from fedunlearn.catalog import discover, repo_root
+    from fedunlearn.references import validate
+    from fedunlearn.sitegen import page_entry_slug
+
+    root = root or repo_root()
+    entries, problems = discover(strict=False)
+    cited = {f"entry {e.slug}": list(e.citation_keys) for e in entries}
+    problems += validate(root / "references", cited)
+    for entry in entries:
+        try:
+            importlib.import_module(entry.implementation)
+        except Exception as exc:  # noqa: BLE001 - reported as a problem
+            problems.append(f"entry {entry.slug}: {entry.implementation} does not import: {exc}")
+        if not entry.citation_keys:
+            problems.append(f"entry {entry.slug}: no citation keys")
+        for label, relative in (
+            ("notebook", entry.notebook),
+            ("test file", entry.test),
+            ("docs page", f"docs/{entry.page}"),
+        ):
+            if not (root / relative).is_file():
+                problems.append(f"entry {entry.slug}: {label} {relative} is missing")
+        page = root / "docs" / entry.page
+        if page.is_file() and page_entry_slug(page) != entry.slug:
+            problems.append(
+                f"docs/{entry.page}:1: front matter must say 'entry: {entry.slug}' "
+                "(the entry card and cite block are generated from it)"
+            )
+    known = {e.slug for e in entries}
+    for page in sorted((root / "docs" / "entries").glob("**/*.md")):
+        slug = page_entry_slug(page)
+        if slug is not None and slug not in known:
+            relative = page.relative_to(root).as_posix()
+            problems.append(f"{relative}:1: front matter names entry {slug!r}, not in the catalog")
+    return problems, len(entries)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from fedunlearn.references import load_library
+
+    problems, count = check_repository(args.root)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    references = len(load_library(args.root / "references" if args.root else None))
+    print(f"OK: {count} entries, {references} references, all consistent")
+    return 0
+
+
+#: The built-in subcommands, in the order ``--help`` shows them.
+SUBCOMMANDS: list[Subcommand] = [
+    Subcommand(
+        "list",
+        "list the catalog's entries",
+        _list_arguments,
+        _run_list,
+        "List every entry of the knowledge base (declared by ENTRY in the family modules), "
+        "as a table or as JSON.",
+    ),
+    Subcommand(
+        "cite",
+        "print BibTeX for citation keys or entries",
+        _cite_arguments,
+        _run_cite,
+        "Print BibTeX records from references/ (one file per record). Unknown keys exit with "
+        "status 2 and a list of close matches.",
+    ),
+    Subcommand(
+        "check",
+        "check catalog, references, notebooks, tests and pages",
+        _check_arguments,
+        _run_check,
+        "Validate the knowledge base: every entry imports, every cited key exists in "
+        "references/, every entry has its notebook, test file and docs page. Prints one line "
+        "per problem and exits 1 if there is any.",
+    ),
+]
+
+#: Subcommands contributed by other modules: name -> module. The module defines
+#: ``add_arguments(parser)`` and ``run(args) -> int``; its docstring's first line is the help.
+OPTIONAL_SUBCOMMANDS: dict[str, str] = {
+    "bench": "fedunlearn.unlearning.bench",
+}
+
+
+def _module_docstring(module_name: str) -> str | None:
+    """The docstring of a module found on the path, read without importing it; None if absent."""
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except ModuleNotFoundError:
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    source = Path(spec.origin).read_text(encoding="utf-8")
+    return ast.get_docstring(ast.parse(source)) or ""
+
+
+def _load_optional(name: str, module_name: str, invoked: bool) -> Subcommand | None:
+    """The optional subcommand, imported only if ``invoked``; None while its module is absent."""
+    docstring = _module_docstring(module_name)
+    if docstring is None:
+        return None
+    lines = docstring.strip().splitlines()
+    help_line = lines[0].rstrip(".") if lines else f"run {module_name}"
+    if not invoked:
+        # Listed in --help without paying for the import (it may pull in torch).
+        return Subcommand(name, help_line, lambda parser: None, lambda args: 0)
+    module = importlib.import_module(module_name)
+    add_arguments = getattr(module, "add_arguments", None)
+    run = getattr(module, "run", None)
+    if not callable(add_arguments) or not callable(run):
+        raise CommandError(
+            f"{module_name} does not define add_arguments(parser) and run(args)", status=1
+        )
+    return Subcommand(name, help_line, add_arguments, run, docstring)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The argument parser with every available subcommand.
+
+    Args:
+        argv: The command line, used only to decide which optional subcommand to import.
+    """
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="An executable knowledge base on federated learning of LLMs and federated "
+        "machine unlearning: list its entries, print citations, check its consistency.",
+        epilog="Run 'fedunlearn COMMAND --help' for the options of a command.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subcommands = list(SUBCOMMANDS)
+    for name, module_name in OPTIONAL_SUBCOMMANDS.items():
+        optional = _load_optional(name, module_name, invoked=name in argv)
+        if optional is not None:
+            subcommands.append(optional)
+    for command in subcommands:
+        sub = subparsers.add_parser(
+            command.name,
+            help=command.help,
+            description=command.description or command.help,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.add_arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status.
+
+    Args:
+        argv: Arguments without the program name; defaults to ``sys.argv[1:]``.
+    """
+    from fedunlearn.catalog import CatalogError
+    from fedunlearn.references import ReferenceProblem
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+        if getattr(args, "run", None) is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return int(args.run(args))
+    except CommandError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.status
+    except ReferenceProblem as exc:
+        print(f"{PROG}: references/ is invalid:\n{exc}", file=sys.stderr)
+        return 1
+    except CatalogError as exc:
+        print(f"{PROG}: the catalog is invalid:\n{exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `fedunlearn cite --all | head`: the reader left, not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except SystemExit as exc:  # argparse: --help exits 0, bad options exit 2
+        return exc.code if isinstance(exc.code, int) else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Embedded, offline data sets: synthetic person profiles and scikit-learn digits."""

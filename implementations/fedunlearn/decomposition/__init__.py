@@ -1,0 +1,1 @@
+"""Model-decomposition family: separable parts that can be dropped or retrained alone."""

@@ -1,0 +1,1 @@
+"""The federated substrate: local training, aggregation, history, costs, partitions."""

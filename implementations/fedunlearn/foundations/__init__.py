@@ -1,0 +1,1 @@
+"""Federated-learning foundations every unlearning method builds on (FedAvg, FedIT over LoRA)."""

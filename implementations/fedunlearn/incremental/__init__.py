@@ -1,0 +1,1 @@
+"""Incremental-learning (retraining) family: cheaper retraining from the stored history."""

@@ -1,0 +1,1 @@
+"""Embedded models: a small MLP for digits and a tiny Llama-style causal LM."""

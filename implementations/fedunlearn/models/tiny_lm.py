@@ -1,0 +1,171 @@
+"""The embedded language model: a tiny Llama-style causal LM, or a real checkpoint by name.
+
+By default the model is built from a ``transformers.LlamaConfig`` (3 layers, width 128, about
+0.6 M parameters) with random initialisation and the file-free byte tokenizer ``ByT5Tokenizer()``.
+It is then *pretrained* for a few hundred steps on question-answer records of public fictitious
+people so that it knows the format (not the federated people). The pretrained weights are cached
+as safetensors (``$FEDUNLEARN_CACHE``, default ``~/.cache/fedunlearn``) keyed by the config, so
+notebooks do not repeat it.
+
+Setting ``model_name`` (e.g. a hub id already in the local cache) loads that checkpoint and its
+tokenizer instead; everything downstream (LoRA, federated loop, evaluation) is the same code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from fedunlearn.data.profiles import encode_records, make_profiles, qa_records
+
+
+@dataclass(frozen=True)
+class TinyLMConfig:
+    """Architecture and pretraining of the embedded language model.
+
+    Attributes:
+        model_name: A transformers checkpoint to load instead (``None`` = the embedded tiny model).
+        layers: Decoder layers.
+        hidden: Hidden width.
+        heads: Attention heads.
+        intermediate: MLP width.
+        max_length: Longest sequence (tokens = bytes here).
+        pretrain_people: Public fictitious people in the pretraining corpus.
+        pretrain_steps: AdamW steps of pretraining.
+        pretrain_batch: Pretraining batch size.
+        pretrain_lr: Pretraining learning rate.
+        seed: Seed of initialisation, corpus and data order.
+    """
+
+    model_name: str | None = None
+    layers: int = 3
+    hidden: int = 128
+    heads: int = 4
+    intermediate: int = 256
+    max_length: int = 96
+    pretrain_people: int = 200
+    pretrain_steps: int = 300
+    pretrain_batch: int = 32
+    pretrain_lr: float = 3e-3
+    seed: int = 0
+
+    @property
+    def cache_key(self) -> str:
+        """Hash of the config naming the cached pretrained weights."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: Person ids from this value on are reserved for the pretraining corpus.
+PRETRAIN_ID_OFFSET = 1_000_000
+
+
+def build_tokenizer(config: TinyLMConfig):
+    """``ByT5Tokenizer()`` (no files needed), or the checkpoint's tokenizer."""
+    if config.model_name is None:
+        from transformers import ByT5Tokenizer
+
+        return ByT5Tokenizer()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(config.model_name)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _random_tiny_model(config: TinyLMConfig, vocab_size: int) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=config.hidden, intermediate_size=config.intermediate,
+        num_hidden_layers=config.layers, num_attention_heads=config.heads,
+        num_key_value_heads=config.heads, max_position_embeddings=config.max_length,
+        pad_token_id=0, bos_token_id=None, eos_token_id=1, tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return LlamaForCausalLM(llama)
+
+
+def answer_token_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of every target token and the mask of answer tokens.
+
+    Returns:
+        ``(logprobs, mask)`` of shape ``[batch, length - 1]``; position ``i`` scores token ``i+1``.
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:]
+    mask = targets != -100
+    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return picked * mask, mask
+
+
+def answer_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean negative log-likelihood per answer token, one value per example."""
+    logprobs, mask = answer_token_logprobs(model, batch)
+    return -(logprobs.sum(-1) / mask.sum(-1).clamp(min=1))
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("FEDUNLEARN_CACHE", Path.home() / ".cache" / "fedunlearn"))
+
+
+def pretrain(config: TinyLMConfig, progress: bool = False) -> nn.Module:
+    """Build and pretrain the tiny model on public people's records (no caching)."""
+    tokenizer = build_tokenizer(config)
+    model = _random_tiny_model(config, len(tokenizer))
+    people = make_profiles(config.pretrain_people, seed=config.seed + 7919, first_id=PRETRAIN_ID_OFFSET)
+    data = encode_records([r for p in people for r in qa_records(p)], tokenizer, config.max_length)
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.0)
+    n = len(data["input_ids"])
+    model.train()
+    for _ in tqdm(range(config.pretrain_steps), desc="pretraining tiny LM", disable=not progress, leave=False):
+        index = torch.randint(0, n, (config.pretrain_batch,), generator=generator)
+        loss = answer_nll(model, {k: v[index] for k, v in data.items()}).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return model
+
+
+def load_base_model(config: TinyLMConfig, progress: bool = False) -> nn.Module:
+    """The pretrained base model: from the cache, or pretrained now and cached atomically.
+
+    With ``config.model_name`` set, the checkpoint is loaded with transformers instead.
+    """
+    if config.model_name is not None:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(config.model_name)
+    cache = _cache_dir() / f"tiny-lm-{config.cache_key}.safetensors"
+    tokenizer = build_tokenizer(config)
+    if cache.is_file():
+        model = _random_tiny_model(config, len(tokenizer))
+        try:
+            result = model.load_state_dict(load_file(cache), strict=False)
+            if not result.unexpected_keys and set(result.missing_keys) <= {"lm_head.weight"}:
+                model.eval()
+                return model
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
+            pass
+        cache.unlink(missing_ok=True)
+    model = pretrain(config, progress=progress)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=cache.name, dir=cache.parent)
+    os.close(handle)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, tmp)
+    os.replace(tmp, cache)
+    return model

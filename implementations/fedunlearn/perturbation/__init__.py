@@ -1,0 +1,1 @@
+"""Perturbation family: change trained weights directly to remove an influence."""

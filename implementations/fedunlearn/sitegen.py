@@ -1,0 +1,215 @@
+"""Markdown for the derived parts of the documentation site.
+
+The docs build (``docs/_hooks/fedunlearn_site.py``, a MkDocs hook) calls these functions to write
+the taxonomy page, the bibliography page, one API page per module, and each entry page's
+*entry card* and *cite this* block. They are plain functions of the catalog and ``references/``
+(no MkDocs import), so what the site shows is derived, never typed twice, and testable without a
+build.
+
+Paths are "docs paths": relative to ``docs/`` as MkDocs sees them, including generated files
+(``taxonomy.md``, ``bibliography.md``, ``api/<module>.md``, ``notebooks/<family>/<slug>.py``).
+Links are only written to docs paths that exist in the build (``existing``); anything else is
+shown as plain text, so an entry still in progress does not break a strict build.
+"""
+
+from __future__ import annotations
+
+import pkgutil
+import posixpath
+import re
+from collections.abc import Collection, Iterable
+from pathlib import Path
+
+from fedunlearn.catalog import FAMILIES, FAMILY_DESCRIPTIONS, Entry
+from fedunlearn.references import Reference, format_bibtex, format_citation, links
+
+TAXONOMY_PAGE = "taxonomy.md"
+BIBLIOGRAPHY_PAGE = "bibliography.md"
+
+_FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n", re.DOTALL)
+_ENTRY_LINE = re.compile(r"^entry:\s*['\"]?([\w.-]+)['\"]?\s*$", re.MULTILINE)
+
+
+def page_entry_slug(path: Path) -> str | None:
+    """The ``entry:`` value of a Markdown page's YAML front matter, or None.
+
+    Args:
+        path: A Markdown file.
+    """
+    match = _FRONT_MATTER.match(path.read_text(encoding="utf-8"))
+    if not match:
+        return None
+    slug = _ENTRY_LINE.search(match.group(1))
+    return slug.group(1) if slug else None
+
+
+def api_modules(package: str = "fedunlearn") -> list[str]:
+    """Every module of the package (dotted names, sorted), except ``__main__``."""
+    root = __import__(package)
+    names = [package]
+    for info in pkgutil.walk_packages(root.__path__, prefix=f"{package}."):
+        if info.name.rsplit(".", 1)[-1] != "__main__":
+            names.append(info.name)
+    return sorted(names)
+
+
+def api_page(module: str) -> str:
+    """Docs path of a module's API page (``api/fedunlearn.catalog.md``)."""
+    return f"api/{module}.md"
+
+
+def api_page_markdown(module: str) -> str:
+    """The API page of one module: a mkdocstrings directive."""
+    return f"# `{module}`\n\n::: {module}\n"
+
+
+def link(label: str, target: str, page: str, existing: Collection[str], anchor: str = "") -> str:
+    """A Markdown link from docs path ``page`` to docs path ``target``, or plain text if absent.
+
+    Args:
+        label: Link text (Markdown).
+        target: Docs path linked to.
+        page: Docs path of the page the link is written on.
+        existing: Docs paths present in the build.
+        anchor: Optional ``#fragment`` without the ``#``.
+    """
+    if target not in existing:
+        return label
+    relative = posixpath.relpath(target, posixpath.dirname(page) or ".")
+    return f"[{label}]({relative}{'#' + anchor if anchor else ''})"
+
+
+def _citations(keys: Iterable[str], page: str, existing: Collection[str]) -> str:
+    return ", ".join(
+        link(f"`{key}`", BIBLIOGRAPHY_PAGE, page, existing, anchor=key) for key in keys
+    )
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def taxonomy_markdown(entries: list[Entry], existing: Collection[str]) -> str:
+    """The taxonomy page: every family, its description and a table of its entries."""
+    page = TAXONOMY_PAGE
+    lines = [
+        "# Taxonomy",
+        "",
+        (
+            "The three unlearning families follow the survey by Qu et al. "
+            f"({link('`qu2024federated`', BIBLIOGRAPHY_PAGE, page, existing, 'qu2024federated')}); "
+            "*foundations* holds the federated-learning methods they build on. This page is "
+            "generated from the catalog: an entry appears here as soon as its module declares "
+            "`ENTRY`."
+        ),
+        "",
+    ]
+    for family, title in FAMILIES.items():
+        members = [e for e in entries if e.family == family]
+        lines += [f"## {title} {{#{family}}}", "", FAMILY_DESCRIPTIONS.get(family, ""), ""]
+        if not members:
+            lines += ["*No entry in this family yet.*", ""]
+            continue
+        lines += [
+            "| Entry | Cites | Summary | Notebook | API |",
+            "|---|---|---|---|---|",
+        ]
+        for entry in members:
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        link(_cell(entry.title), entry.page, page, existing),
+                        _citations(entry.citation_keys, page, existing),
+                        _cell(entry.summary),
+                        link("notebook", entry.notebook, page, existing),
+                        link(
+                            f"`{entry.implementation}`",
+                            api_page(entry.implementation),
+                            page,
+                            existing,
+                        ),
+                    ]
+                )
+                + " |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def bibliography_markdown(
+    library: dict[str, Reference], entries: list[Entry], existing: Collection[str]
+) -> str:
+    """The bibliography page: every record under a heading whose anchor is its key."""
+    page = BIBLIOGRAPHY_PAGE
+    cited_by: dict[str, list[Entry]] = {}
+    for entry in entries:
+        for key in entry.citation_keys:
+            cited_by.setdefault(key, []).append(entry)
+    lines = [
+        "# Bibliography",
+        "",
+        (
+            "Every record of `references/` (one BibTeX file per key, the key being the file "
+            "name). `fedunlearn cite KEY` prints a record's BibTeX."
+        ),
+        "",
+    ]
+    for key, reference in library.items():
+        urls = " · ".join(f"[{label}]({url})" for label, url in links(reference))
+        lines += [f"## `{key}` {{ #{key} }}", "", format_citation(reference), ""]
+        if urls:
+            lines += [urls, ""]
+        users = cited_by.get(key, [])
+        if users:
+            names = ", ".join(link(_cell(e.title), e.page, page, existing) for e in users)
+            lines += [f"Cited by: {names}.", ""]
+    return "\n".join(lines)
+
+
+def entry_card_markdown(entry: Entry, page: str, existing: Collection[str]) -> str:
+    """The card placed at the top of an entry page: family, citations and the four other places."""
+    source = entry.implementation.replace(".", "/")
+    source = f"implementations/{source}.py"
+    rows = [
+        (
+            "Family",
+            link(
+                FAMILIES.get(entry.family, entry.family),
+                TAXONOMY_PAGE,
+                page,
+                existing,
+                entry.family,
+            ),
+        ),
+        ("Cites", _citations(entry.citation_keys, page, existing)),
+        (
+            "Implementation",
+            link(f"`{entry.implementation}`", api_page(entry.implementation), page, existing)
+            + f" (source: `{source}`)",
+        ),
+        (
+            "Notebook",
+            link("rendered and executed", entry.notebook, page, existing)
+            + f" (source: `{entry.notebook}`)",
+        ),
+        ("Tests", f"`{entry.test}`"),
+    ]
+    body = "\n".join(f"    - **{name}:** {value}" for name, value in rows)
+    return f'!!! info "Entry card"\n\n{body}\n'
+
+
+def cite_block_markdown(keys: Iterable[str], root: Path | None = None) -> str:
+    """A collapsed *cite this* admonition holding the BibTeX of ``keys``."""
+    bibtex = format_bibtex(list(keys), root)
+    indented = "\n".join(f"    {line}" if line else "" for line in bibtex.splitlines())
+    return f'??? quote "Cite this"\n\n    ```bibtex\n{indented}\n    ```\n'
+
+
+def insert_after_title(markdown: str, block: str) -> str:
+    """Insert ``block`` after the page's first ``# `` heading (or at the top if it has none)."""
+    match = re.search(r"^# .*$", markdown, re.MULTILINE)
+    if match is None:
+        return f"{block}\n{markdown}"
+    end = match.end()
+    return f"{markdown[:end]}\n\n{block}\n{markdown[end:].lstrip(chr(10))}"

@@ -1,0 +1,1 @@
+"""The unlearning harness: forget requests, retrain oracle, controls, evaluation, benchmark."""

@@ -1,0 +1,113 @@
+"""The documentation site builds offline with ``mkdocs build --strict``, notebooks executed.
+
+One build (a few minutes: it executes every notebook at smoke size) serves all the tests below.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fedunlearn import catalog, references
+
+pytestmark = pytest.mark.slow
+
+REPO = catalog.repo_root()
+ENTRIES = catalog.discover(strict=False)[0]
+#: ipykernel's notice when a kernel runs over local TCP (as every nbclient kernel does); it comes
+#: from the kernel process, not from MkDocs, and does not fail the strict build.
+KERNEL_TCP_NOTICE = "[IPKernelApp] WARNING | Kernel is running over TCP without encryption"
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    site = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "DISABLE_MKDOCS_2_WARNING": "true"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-8000:]
+    return site, log
+
+
+def test_no_warnings(build: tuple[Path, str]) -> None:
+    _, log = build
+    warnings = [
+        line
+        for line in log.splitlines()
+        if "WARNING" in line and not line.startswith(KERNEL_TCP_NOTICE)
+    ]
+    assert warnings == []
+
+
+def test_taxonomy_lists_every_family_and_entry(build: tuple[Path, str]) -> None:
+    site, _ = build
+    page = (site / "taxonomy" / "index.html").read_text(encoding="utf-8")
+    for family in catalog.FAMILIES:
+        assert f'id="{family}"' in page
+    for entry in ENTRIES:
+        assert html.escape(entry.title, quote=False) in page
+
+
+def test_bibliography_anchors_every_record(build: tuple[Path, str]) -> None:
+    site, _ = build
+    page = (site / "bibliography" / "index.html").read_text(encoding="utf-8")
+    for key in references.load_library():
+        assert f'id="{key}"' in page
+
+
+def test_api_page_per_module(build: tuple[Path, str]) -> None:
+    site, _ = build
+    for module in ("fedunlearn.catalog", "fedunlearn.references", "fedunlearn.cli"):
+        page = (site / "api" / module / "index.html").read_text(encoding="utf-8")
+        assert 'class="doc doc-' in page
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.slug)
+def test_entry_page_has_card_and_cite_block(build: tuple[Path, str], entry: catalog.Entry) -> None:
+    site, _ = build
+    page = site / "entries" / entry.family / entry.slug / "index.html"
+    assert page.is_file(), f"docs/{entry.page} was not built"
+    text = page.read_text(encoding="utf-8")
+    assert "Entry card" in text
+    assert "<summary>Cite this</summary>" in text
+    for key in entry.citation_keys:
+        assert f"bibliography/#{key}" in text
+        assert f"{key}</span>" in text  # the BibTeX key, highlighted, inside the cite block
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.slug)
+def test_entry_notebook_rendered_with_outputs(
+    build: tuple[Path, str], entry: catalog.Entry
+) -> None:
+    site, _ = build
+    page = site / "notebooks" / entry.family / entry.slug / "index.html"
+    assert page.is_file(), f"{entry.notebook} was not rendered"
+    text = page.read_text(encoding="utf-8")
+    assert "jp-OutputArea-output" in text, "the notebook shows no executed output"
+    assert "<summary>Cite this</summary>" in text
+    assert (page.parent / f"{entry.slug}.py").is_file()  # the source, for download
+
+
+def test_offline_assets_only(build: tuple[Path, str]) -> None:
+    site, _ = build
+    remote = re.compile(r"""<(?:script|link)[^>]+(?:src|href)=["'](?:https?:)?//""")
+    for page in site.glob("**/*.html"):
+        text = page.read_text(encoding="utf-8")
+        assert not remote.search(text), f"{page.relative_to(site)} loads a remote asset"
+    home = (site / "index.html").read_text(encoding="utf-8")
+    assert 'src="javascripts/vendor/mathjax/tex-svg.js"' in home
+    assert '<div class="arithmatex">' in home
+    assert (site / "javascripts" / "vendor" / "mathjax" / "tex-svg.js").is_file()

@@ -1,0 +1,91 @@
+"""The derived documentation fragments (taxonomy, bibliography, entry card, cite block)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bibtexparser
+from fedunlearn import catalog, references, sitegen
+
+ENTRY = catalog.Entry(
+    slug="federaser",
+    family="incremental",
+    title="FedEraser",
+    citation_keys=("liu2021federaser",),
+    summary="Calibrate stored updates | cheaply.",
+    implementation="fedunlearn.incremental.federaser",
+)
+PAGE = "entries/incremental/federaser.md"
+
+
+def test_link_is_relative_and_only_to_existing_files() -> None:
+    existing = {"bibliography.md", PAGE}
+    assert sitegen.link("x", "bibliography.md", PAGE, existing, "k") == (
+        "[x](../../bibliography.md#k)"
+    )
+    assert sitegen.link("x", "notebooks/a/b.py", PAGE, existing) == "x"
+
+
+def test_entry_card_links_the_other_places() -> None:
+    existing = {
+        PAGE,
+        "bibliography.md",
+        "taxonomy.md",
+        ENTRY.notebook,
+        sitegen.api_page(ENTRY.implementation),
+    }
+    card = sitegen.entry_card_markdown(ENTRY, PAGE, existing)
+    assert card.startswith('!!! info "Entry card"')
+    assert "(../../bibliography.md#liu2021federaser)" in card
+    assert "(../../taxonomy.md#incremental)" in card
+    assert "(../../notebooks/incremental/federaser.py)" in card
+    assert "(../../api/fedunlearn.incremental.federaser.md)" in card
+    assert "`implementations/fedunlearn/incremental/federaser.py`" in card
+    assert "`tests/incremental/test_federaser.py`" in card
+
+
+def test_cite_block_holds_parseable_bibtex() -> None:
+    block = sitegen.cite_block_markdown(["liu2021federaser", "cao2023fedrecover"])
+    assert block.startswith('??? quote "Cite this"')
+    lines = block.splitlines()
+    start, end = lines.index("    ```bibtex"), len(lines) - 1
+    assert lines[end] == "    ```"
+    body = "\n".join(line[4:] for line in lines[start + 1 : end])
+    keys = [e.key for e in bibtexparser.parse_string(body).entries]
+    assert keys == ["liu2021federaser", "cao2023fedrecover"]
+
+
+def test_taxonomy_has_every_family_and_escapes_cells() -> None:
+    text = sitegen.taxonomy_markdown([ENTRY], {PAGE, "bibliography.md"})
+    for family, title in catalog.FAMILIES.items():
+        assert f"## {title} {{#{family}}}" in text
+    assert "[FedEraser](entries/incremental/federaser.md)" in text
+    assert "Calibrate stored updates \\| cheaply." in text
+    assert text.count("*No entry in this family yet.*") == len(catalog.FAMILIES) - 1
+
+
+def test_bibliography_anchors_every_key() -> None:
+    library = references.load_library()
+    text = sitegen.bibliography_markdown(library, [ENTRY], {PAGE})
+    for key in library:
+        assert f"## `{key}` {{ #{key} }}" in text
+    assert "Cited by: [FedEraser](entries/incremental/federaser.md)." in text
+
+
+def test_insert_after_title() -> None:
+    assert sitegen.insert_after_title("# T\n\nbody\n", "CARD\n") == "# T\n\nCARD\n\nbody\n"
+    assert sitegen.insert_after_title("body\n", "CARD\n") == "CARD\n\nbody\n"
+
+
+def test_page_entry_slug(tmp_path: Path) -> None:
+    page = tmp_path / "p.md"
+    page.write_text("---\ntitle: X\nentry: 'federaser'\n---\n# X\n", encoding="utf-8")
+    assert sitegen.page_entry_slug(page) == "federaser"
+    page.write_text("# X\nentry: federaser\n", encoding="utf-8")
+    assert sitegen.page_entry_slug(page) is None
+
+
+def test_api_modules_cover_the_package() -> None:
+    modules = sitegen.api_modules()
+    assert {"fedunlearn", "fedunlearn.catalog", "fedunlearn.references"} <= set(modules)
+    assert "fedunlearn.__main__" not in modules
