@@ -1,0 +1,150 @@
+"""Seeded unlearning scenarios shipped with the package.
+
+| name | data | federation | request |
+|---|---|---|---|
+| ``digits-backdoor`` | digits (MNIST stand-in) | 10 clients, IID; client 0 adds triggered copies labelled 0 | forget client 0 |
+| ``digits-client`` | digits, small clients | 10 clients, many local epochs (memorisation regime) | forget honest client 0 |
+| ``digits-class`` | digits | 10 clients, IID | forget class 3 |
+| ``profiles-client`` | fictitious people, tiny LM + LoRA | clients by owner | forget client 0 |
+| ``profiles-person`` | same | same | forget one person's records (incl. canary) |
+
+Every scenario is a pure function of its seed (partition, poisoned rows, initialisation, client
+sampling, data order). ``full=True`` selects a larger configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+
+from fedunlearn.data.digits import apply_trigger, load_split
+from fedunlearn.data.federated_digits import digits_clients
+from fedunlearn.data.profiles import QARecord
+from fedunlearn.federated.client import ClientData
+from fedunlearn.federated.loop import FederationConfig
+from fedunlearn.federated.task import ClassificationTask, Task
+from fedunlearn.models.mlp import DigitsMLP
+from fedunlearn.unlearning.requests import ForgetRequest
+
+
+@dataclass
+class Scenario:
+    """A federation, a forget request and the evaluation data, fixed by a seed.
+
+    Attributes:
+        name: Scenario name.
+        seed: Its seed.
+        kind: ``"classification"`` or ``"language"``.
+        task: The task.
+        clients: Client id -> data (including the data to forget).
+        config: Federated training hyperparameters.
+        request: What to forget.
+        test: Held-out evaluation tensors (never trained on).
+        backdoor_target: Target class of the planted backdoor, if any.
+        records: Language scenarios: record id -> record (texts, canaries).
+        heldout_records: Language scenarios: records of people nobody trained on.
+    """
+
+    name: str
+    seed: int
+    kind: str
+    task: Task
+    clients: dict[int, ClientData]
+    config: FederationConfig
+    request: ForgetRequest
+    test: dict[str, torch.Tensor]
+    backdoor_target: int | None = None
+    records: dict[int, QARecord] = field(default_factory=dict)
+    heldout_records: list[QARecord] = field(default_factory=list)
+
+    def triggered_test(self) -> dict[str, torch.Tensor]:
+        """Test images with the trigger, with their true labels (for the attack success rate)."""
+        return {"x": apply_trigger(self.test["x"]), "y": self.test["y"]}
+
+
+DIGITS_CONFIG = FederationConfig(rounds=20, local_epochs=1, batch_size=16, lr=0.1, momentum=0.5)
+
+
+def _digits(name: str, seed: int, full: bool, *, partition: str = "iid", num_clients: int = 10,
+            backdoor: bool = False, request: ForgetRequest, hidden: int = 64,
+            config: FederationConfig = DIGITS_CONFIG, rows_per_client: int | None = None) -> Scenario:
+    split = load_split(seed)
+    clients = digits_clients(split, partition, num_clients, seed,
+                             backdoor_clients=(0,) if backdoor else (), backdoor_fraction=0.5, target=0)
+    if rows_per_client is not None:
+        clients = {c: d.select(torch.arange(d.num_samples) < rows_per_client) for c, d in clients.items()}
+    rounds = config.rounds * (2 if full else 1)
+    return Scenario(
+        name=name, seed=seed, kind="classification",
+        task=ClassificationTask(lambda: DigitsMLP(hidden=hidden), init_seed=seed),
+        clients=clients, config=replace(config, rounds=rounds, seed=seed), request=request,
+        test={"x": split.x_test, "y": split.y_test}, backdoor_target=0 if backdoor else None,
+    )
+
+
+def digits_backdoor(seed: int = 0, full: bool = False) -> Scenario:
+    """Client 0 plants a backdoor (trigger patch -> class 0); forget client 0."""
+    return _digits("digits-backdoor", seed, full, backdoor=True, request=ForgetRequest.forget_clients(0))
+
+
+def digits_client(seed: int = 0, full: bool = False) -> Scenario:
+    """Small clients trained for many local epochs, so members are memorised; forget client 0."""
+    config = FederationConfig(rounds=15, local_epochs=10, batch_size=8, lr=0.05, momentum=0.5)
+    return _digits("digits-client", seed, full, hidden=256, config=config, rows_per_client=40,
+                   request=ForgetRequest.forget_clients(0))
+
+
+def digits_class(seed: int = 0, full: bool = False) -> Scenario:
+    """Forget class 3 from every client."""
+    return _digits("digits-class", seed, full, request=ForgetRequest.forget_class(3))
+
+
+def _profiles(name: str, seed: int, full: bool, person: bool) -> Scenario:
+    from fedunlearn.foundations.fedit import PROFILES_FEDERATION, LoraCausalLMTask, profile_clients
+
+    task = LoraCausalLMTask(init_seed=seed)
+    federation = profile_clients(task, seed=seed) if not full else profile_clients(task, seed=seed, people_per_client=20)
+    if person:
+        owner = federation.client_people[0][0]
+        request = ForgetRequest.forget_records(r.record_id for r in federation.records.values() if r.owner_id == owner)
+    else:
+        request = ForgetRequest.forget_clients(0)
+    config = replace(PROFILES_FEDERATION, seed=seed,
+                     rounds=PROFILES_FEDERATION.rounds * (2 if full else 1))
+    return Scenario(
+        name=name, seed=seed, kind="language", task=task, clients=federation.clients, config=config,
+        request=request, test=task.encode(federation.heldout), records=federation.records,
+        heldout_records=federation.heldout,
+    )
+
+
+def profiles_client(seed: int = 0, full: bool = False) -> Scenario:
+    """Federated LoRA on fictitious people; forget client 0 (all its people)."""
+    return _profiles("profiles-client", seed, full, person=False)
+
+
+def profiles_person(seed: int = 0, full: bool = False) -> Scenario:
+    """Federated LoRA on fictitious people; forget one person's records, canary included."""
+    return _profiles("profiles-person", seed, full, person=True)
+
+
+SCENARIOS: dict[str, Callable[..., Scenario]] = {
+    "digits-backdoor": digits_backdoor,
+    "digits-client": digits_client,
+    "digits-class": digits_class,
+    "profiles-client": profiles_client,
+    "profiles-person": profiles_person,
+}
+
+
+def build_scenario(name: str, seed: int = 0, full: bool = False) -> Scenario:
+    """The named scenario at ``seed``.
+
+    Raises:
+        KeyError: Listing the known names when ``name`` is unknown.
+    """
+    if name not in SCENARIOS:
+        raise KeyError(f"unknown scenario {name!r}; known scenarios: {', '.join(SCENARIOS)}")
+    return SCENARIOS[name](seed=seed, full=full)
