@@ -68,6 +68,9 @@ class UnlearningMethod:
 
     name: ClassVar[str] = ""
     granularities: ClassVar[frozenset[str]] = frozenset({"client"})
+    #: The $\Delta t$ the training history must be recorded with (``None``: any). The benchmark
+    #: trains $\theta_o$ with this ``record_every`` (recording does not change training).
+    record_every: int | None = None
 
     def unlearn(self, run: TrainedFederation, request: ForgetRequest, counter: CostCounter) -> State:
         """Return the unlearned state; count all work in ``counter``."""

@@ -3,6 +3,7 @@
 | name | data | federation | request |
 |---|---|---|---|
 | ``digits-backdoor`` | digits (MNIST stand-in) | 10 clients, IID; client 0 adds triggered copies labelled 0 | forget client 0 |
+| ``digits-poisoned`` | digits | 10 clients, IID, 40 rounds; clients 0 and 1 backdoored (20% malicious) | forget clients 0 and 1 |
 | ``digits-client`` | digits, small clients | 10 clients, many local epochs (memorisation regime) | forget honest client 0 |
 | ``digits-class`` | digits | 10 clients, IID | forget class 3 |
 | ``profiles-client`` | fictitious people, tiny LM + LoRA | clients by owner | forget client 0 |
@@ -69,10 +70,12 @@ DIGITS_CONFIG = FederationConfig(rounds=20, local_epochs=1, batch_size=16, lr=0.
 
 def _digits(name: str, seed: int, full: bool, *, partition: str = "iid", num_clients: int = 10,
             backdoor: bool = False, request: ForgetRequest, hidden: int = 64,
-            config: FederationConfig = DIGITS_CONFIG, rows_per_client: int | None = None) -> Scenario:
+            config: FederationConfig = DIGITS_CONFIG, rows_per_client: int | None = None,
+            backdoor_clients: tuple[int, ...] = (0,)) -> Scenario:
     split = load_split(seed)
     clients = digits_clients(split, partition, num_clients, seed,
-                             backdoor_clients=(0,) if backdoor else (), backdoor_fraction=0.5, target=0)
+                             backdoor_clients=backdoor_clients if backdoor else (), backdoor_fraction=0.5,
+                             target=0)
     if rows_per_client is not None:
         clients = {c: d.select(torch.arange(d.num_samples) < rows_per_client) for c, d in clients.items()}
     rounds = config.rounds * (2 if full else 1)
@@ -87,6 +90,12 @@ def _digits(name: str, seed: int, full: bool, *, partition: str = "iid", num_cli
 def digits_backdoor(seed: int = 0, full: bool = False) -> Scenario:
     """Client 0 plants a backdoor (trigger patch -> class 0); forget client 0."""
     return _digits("digits-backdoor", seed, full, backdoor=True, request=ForgetRequest.forget_clients(0))
+
+
+def digits_poisoned(seed: int = 0, full: bool = False) -> Scenario:
+    """Clients 0 and 1 (20% of 10) plant the backdoor; 40 rounds; forget both (FedRecover's setting)."""
+    return _digits("digits-poisoned", seed, full, backdoor=True, backdoor_clients=(0, 1),
+                   config=replace(DIGITS_CONFIG, rounds=40), request=ForgetRequest.forget_clients(0, 1))
 
 
 def digits_client(seed: int = 0, full: bool = False) -> Scenario:
@@ -132,6 +141,7 @@ def profiles_person(seed: int = 0, full: bool = False) -> Scenario:
 
 SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "digits-backdoor": digits_backdoor,
+    "digits-poisoned": digits_poisoned,
     "digits-client": digits_client,
     "digits-class": digits_class,
     "profiles-client": profiles_client,

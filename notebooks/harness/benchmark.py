@@ -1,0 +1,84 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Benchmark: every method against the retrain oracle
+#
+# This page is computed when the site is built, by the same harness as
+# `fedunlearn bench` (see [Evaluating unlearning](../../evaluating.md)). Every method the catalog
+# registers is run on the same scenarios and seeds, evaluated by the one evaluation function and
+# compared with the model retrained from scratch **of the same seed**. Numbers below are computed
+# here, never typed in. Smoke size: one seed (medians of one value — read the gaps as indicative);
+# `FULL=1` runs three seeds and the larger scenarios.
+#
+# Data stand-ins: scikit-learn's bundled 8×8 digits for the MNIST/CIFAR case studies of the
+# papers; a tiny Llama-style model with LoRA adapters on fictitious people for a federated LLM.
+
+# %%
+import os
+
+import torch
+from IPython.display import Image, Markdown, display
+
+from fedunlearn.unlearning.bench import markdown_table, pareto_plot, run_benchmark
+from fedunlearn.unlearning.registry import available_methods
+from fedunlearn.unlearning.scenarios import build_scenario
+
+torch.set_num_threads(1)
+FULL = os.environ.get("FULL") == "1"
+SEEDS = 3 if FULL else 1
+
+
+def methods_for(scenario_name):
+    """Every registered method that serves the scenario's request granularity."""
+    kind = build_scenario(scenario_name, 0).request.kind
+    return [name for name, cls in available_methods().items() if kind in cls.granularities]
+
+
+# %% [markdown]
+# ## Backdoored client (`digits-backdoor`)
+#
+# Client 0 of 10 adds triggered copies of half its images labelled 0; the request forgets client 0.
+# The attack success rate (ASR) is the forgetting signal here: θ_o keeps the backdoor, θ_r has
+# none. ✓ marks a metric within the retrain band max(tolerance, 2σ_r).
+
+# %%
+methods = methods_for("digits-backdoor")
+print("methods:", ", ".join(methods))
+backdoor = run_benchmark("digits-backdoor", methods, seeds=SEEDS, full=FULL, progress=False)
+display(Markdown(markdown_table(backdoor)))
+
+# %%
+display(Image(str(pareto_plot(backdoor, "benchmark-digits-backdoor.png", metric="asr"))))
+
+# %% [markdown]
+# ## Federated LoRA language model (`profiles-client`)
+#
+# Four clients fine-tune LoRA adapters of a tiny causal LM on question–answer records about
+# fictitious people (each with a planted six-digit secret); the request forgets client 0 and its
+# people. Forgetting shows in `forget_logprob`, the membership AUCs and the canaries.
+
+# %%
+lm_methods = [m for m in methods_for("profiles-client") if FULL or m in ("do-nothing", "continue-fedavg")]
+language = run_benchmark("profiles-client", lm_methods, seeds=SEEDS, full=FULL, progress=False)
+display(Markdown(markdown_table(language)))
+
+# %% [markdown]
+# ## What not to conclude
+#
+# - One smoke seed gives no spread; the retrain band then rests on one pair of oracles. Run
+#   `FULL=1` (or `fedunlearn bench --seeds 3`) before quoting a verdict.
+# - Digits and a 0.6 M-parameter model are stand-ins: they show whether a mechanism works, not how
+#   it scales to CIFAR or to a 7 B model.
+# - In the smoke run only the controls run on the language scenario; the entries' notebooks run
+#   each method there.

@@ -1,0 +1,65 @@
+"""Metric primitives against hand-computed cases."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from fedunlearn.unlearning import metrics
+
+
+def test_auc_hand_computed_with_ties():
+    # members 3, 2; non-members 2, 1: pairs (3>2, 3>1, 2=2, 2>1) -> (3 + 0.5) / 4
+    assert metrics.roc_auc([3, 2], [2, 1]) == pytest.approx(3.5 / 4)
+
+
+def test_auc_matches_sklearn_on_random_scores():
+    rng = np.random.default_rng(0)
+    members, others = rng.normal(0.3, 1, 57), rng.normal(0, 1, 61).round(1)
+    expected = roc_auc_score([1] * 57 + [0] * 61, np.concatenate([members, others]))
+    assert metrics.roc_auc(members, others) == pytest.approx(expected)
+
+
+def test_auc_rejects_empty_groups():
+    with pytest.raises(ValueError):
+        metrics.roc_auc([], [1.0])
+
+
+def test_attack_success_rate_excludes_target_class_inputs():
+    predictions = torch.tensor([0, 0, 1, 0, 2])
+    labels = torch.tensor([0, 1, 1, 2, 0])  # rows 0 and 4 are target-class inputs: excluded
+    # remaining rows 1, 2, 3: predicted 0, 1, 0 -> 2 of 3 hit the target
+    assert metrics.attack_success_rate(predictions, labels, target=0) == pytest.approx(2 / 3)
+
+
+def test_attack_success_rate_needs_non_target_inputs():
+    with pytest.raises(ValueError):
+        metrics.attack_success_rate(torch.tensor([0]), torch.tensor([0]), target=0)
+
+
+def test_exposure_rank_one_and_last():
+    # the secret is the most likely of 8 -> log2(8) - log2(1) = 3 bits
+    assert metrics.exposure(5.0, [1, 2, 3, 4, 0, -1, -2]) == pytest.approx(3.0)
+    # the least likely of 8 -> rank 8 -> 0 bits
+    assert metrics.exposure(-9.0, [1, 2, 3, 4, 0, -1, -2]) == pytest.approx(0.0)
+
+
+def test_min_k_takes_lowest_fraction():
+    logprobs = torch.tensor([[-0.1, -3.0, -0.2, -1.0, 0.0]])
+    mask = torch.tensor([[True, True, True, True, False]])
+    # 4 valid tokens, k = 0.5 -> the 2 lowest: -3.0 and -1.0
+    assert float(metrics.min_k_scores(logprobs, mask, k=0.5)[0]) == pytest.approx(-2.0)
+
+
+def test_zlib_score_divides_by_compressed_length():
+    text = "abcabcabc"
+    score = metrics.zlib_scores(torch.tensor([2.0]), [text])
+    assert float(score[0]) == pytest.approx(-2.0 / metrics.zlib_length(text))
+    assert metrics.zlib_length("a" * 200) < metrics.zlib_length(bytes(range(200)).hex())
+
+
+def test_accuracy():
+    assert metrics.accuracy(torch.tensor([1, 2, 3]), torch.tensor([1, 0, 3])) == pytest.approx(2 / 3)
+    assert math.isnan(metrics.accuracy(torch.tensor([]), torch.tensor([])))
