@@ -229,7 +229,10 @@ class TrainingHistory:
             if hashlib.sha256(payload).hexdigest() != expected["sha256"]:
                 raise HistoryError(f"{file}: checksum mismatch (file altered or corrupted)")
             try:
-                return load_safetensors_bytes(payload)
+                # safetensors returns tensors in no fixed order; sort so that every loaded state
+                # dict (and every client's update) has the same key order, as
+                # weighted_average and other order-sensitive consumers expect
+                return dict(sorted(load_safetensors_bytes(payload).items()))
             except Exception as exc:  # noqa: BLE001 - re-raised with the file name
                 raise HistoryError(f"{file}: unreadable safetensors ({exc})") from exc
 

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from fedunlearn.federated.client import ClientData
 from fedunlearn.federated.costs import CostCounter, state_bytes

@@ -5,6 +5,8 @@ Each returns one index array per client; the arrays are disjoint and together co
 - [`iid`][fedunlearn.federated.partition.iid]: a seeded shuffle cut into near-equal parts.
 - [`dirichlet`][fedunlearn.federated.partition.dirichlet]: label skew; client shares of each class
   drawn from Dirichlet($\\alpha$) (small $\\alpha$ = more skew), as in Hsu et al. 2019.
+- [`shards`][fedunlearn.federated.partition.shards]: FedAvg's pathological non-IID split (sort by
+  label, cut into shards, deal a few shards to each client).
 - [`by_owner`][fedunlearn.federated.partition.by_owner]: all records of one data owner land on one
   client, so "forget this client" and "forget this person" are both expressible.
 """
@@ -48,6 +50,29 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int, min
         if min(len(p) for p in parts) >= min_size:
             return [np.sort(np.array(p, dtype=int)) for p in parts]
     raise ValueError(f"no Dirichlet({alpha}) draw gave every client {min_size} examples")
+
+
+def shards(
+    labels: np.ndarray, num_clients: int, shards_per_client: int, seed: int
+) -> list[np.ndarray]:
+    """Sort by label, cut into ``num_clients * shards_per_client`` shards, deal them at random.
+
+    With two shards per client most clients see only two classes (McMahan et al. 2017, Sec. 3).
+
+    Raises:
+        ValueError: If there are fewer examples than shards.
+    """
+    labels = np.asarray(labels)
+    count = num_clients * shards_per_client
+    if num_clients < 1 or shards_per_client < 1 or count > len(labels):
+        raise ValueError(f"cannot cut {len(labels)} examples into {count} shards")
+    by_label = np.argsort(labels, kind="stable")
+    pieces = np.array_split(by_label, count)
+    order = np.random.default_rng(seed).permutation(count)
+    return [
+        np.sort(np.concatenate([pieces[s] for s in order[c::num_clients]]))
+        for c in range(num_clients)
+    ]
 
 
 def by_owner(owner_ids: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:

@@ -73,3 +73,10 @@ class ClassificationTask:
         """Predicted class of each row of ``x``."""
         model.eval()
         return model(x).argmax(dim=-1)
+
+    def accuracy(
+        self, model: nn.Module, state: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> float:
+        """Share of rows of ``x`` that ``state`` (loaded into ``model``) classifies as ``y``."""
+        self.set_state(model, state)
+        return float((self.predict(model, x) == y).float().mean())

@@ -12,18 +12,29 @@ Written with updates $\\Delta^k_t = w^k_{t+1} - w_t$ this is $w_{t+1} = w_t + \\
 Implemented: the weighted aggregation (this module) used by the shared loop
 ([`run_federation`][fedunlearn.federated.loop.run_federation]), client sampling of a fixed number
 $K$ of clients per round (the paper's fraction $C$ times the client count), local epochs, batch
-size and learning rate. Not implemented: the paper's experiments on MNIST/CIFAR/Shakespeare
-(scikit-learn digits stands in) and its learning-rate sweeps.
+size and learning rate; the paper's FedSGD baseline
+([`fedsgd_config`][fedunlearn.foundations.fedavg.fedsgd_config]) and the rounds-to-target measure
+of its Tables 2-4 ([`accuracy_curve`][fedunlearn.foundations.fedavg.accuracy_curve],
+[`rounds_to_target`][fedunlearn.foundations.fedavg.rounds_to_target]). Not implemented: the
+paper's experiments on MNIST/CIFAR/Shakespeare (scikit-learn digits stands in) and its full
+learning-rate sweeps.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 
 from fedunlearn.catalog import Entry, ReportedClaim
-from fedunlearn.federated.task import State
+from fedunlearn.federated.client import ClientData
+from fedunlearn.federated.costs import CostCounter
+from fedunlearn.federated.task import ClassificationTask, State, clone_state
+
+if TYPE_CHECKING:
+    from fedunlearn.federated.loop import FederationConfig
 
 
 def weighted_average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> State:
@@ -92,6 +103,76 @@ def fedavg_aggregate(
         raise ValueError(f"no sample count for clients {missing}")
     mean_update = weighted_average([client_updates[c] for c in ids], [sample_counts[c] for c in ids])
     return apply_update(global_state, mean_update)
+
+
+def fedsgd_config(config: FederationConfig, client_sizes: Iterable[int]) -> FederationConfig:
+    """The FedSGD baseline of the paper for ``config``: one full-batch gradient step per round.
+
+    FedSGD is FedAvg with $B = \\infty$ (the whole local data set is one batch) and $E = 1$
+    (one step), so each client returns $-\\eta\\, \\nabla F_k(w_t)$ and the server takes one
+    synchronous gradient step on the weighted average.
+
+    Args:
+        config: The FedAvg configuration (seed, rounds, lr, sampling are kept).
+        client_sizes: Sample counts $n_k$ of the clients (the batch must hold the largest).
+    """
+    return replace(config, local_steps=1, local_epochs=1, batch_size=max(client_sizes))
+
+
+def rounds_to_target(curve: Sequence[float], target: float) -> int | None:
+    """Rounds needed to reach ``target``: 1 + the first index where ``curve`` is at least it.
+
+    Args:
+        curve: Metric after each round (``curve[0]`` after round 1).
+        target: Threshold, e.g. 0.9 test accuracy.
+
+    Returns:
+        The round count, or ``None`` if the curve never reaches ``target``.
+    """
+    return next((i + 1 for i, value in enumerate(curve) if value >= target), None)
+
+
+def accuracy_curve(
+    task: ClassificationTask,
+    clients: Mapping[int, ClientData],
+    init_state: Mapping[str, torch.Tensor],
+    config: FederationConfig,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    stop_at: float | None = None,
+    counter: CostCounter | None = None,
+) -> list[float]:
+    """Accuracy on ``(x, y)`` of the global model after each round of federated training.
+
+    Args:
+        task: A classification task.
+        clients: Client id -> data.
+        init_state: $w_0$.
+        config: Federation hyperparameters (``config.rounds`` rounds at most).
+        x: Evaluation inputs.
+        y: Evaluation labels.
+        stop_at: Stop after the first round whose accuracy reaches this value.
+        counter: Receives the training costs (evaluation is not counted).
+
+    Returns:
+        One accuracy per round run.
+    """
+    # Imported here: the loop imports this module for its aggregation step.
+    from fedunlearn.federated.loop import run_federation
+
+    counter = counter if counter is not None else CostCounter()
+    model, evaluator = task.build_model(), task.build_model()
+    state, curve = clone_state(init_state), []
+    for r in range(config.rounds):
+        state = run_federation(
+            task, clients, init_state, config, rounds=[r], start_state=state, model=model,
+            counter=counter,
+        )
+        curve.append(task.accuracy(evaluator, state, x, y))
+        if stop_at is not None and curve[-1] >= stop_at:
+            break
+    return curve
 
 
 ENTRY = Entry(

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from fedunlearn.federated.costs import state_bytes
 from fedunlearn.unlearning.base import run_method, train_federation

@@ -1,0 +1,204 @@
+"""The federated loop: determinism, client sampling, cost counters and the recorded history."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fedunlearn.federated.client import ClientData
+from fedunlearn.federated.costs import CostCounter, state_bytes
+from fedunlearn.federated.history import TrainingHistory
+from fedunlearn.federated.loop import (
+    FederationConfig,
+    client_update,
+    local_step_count,
+    minibatch_order,
+    run_federation,
+    sample_clients,
+)
+from fedunlearn.federated.task import ClassificationTask
+from fedunlearn.foundations.fedavg import fedavg_aggregate
+
+SIZES = {0: 5, 1: 8, 2: 13}  # unequal on purpose
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread (and a busy machine makes two threads crawl)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_clients(sizes: dict[int, int] = SIZES) -> dict[int, ClientData]:
+    generator = torch.Generator().manual_seed(123)
+    clients, start = {}, 0
+    for cid, n in sizes.items():
+        x = torch.randn(n, 4, generator=generator)
+        y = torch.randint(0, 3, (n,), generator=generator)
+        clients[cid] = ClientData(cid, {"x": x, "y": y}, torch.arange(start, start + n))
+        start += n
+    return clients
+
+
+@pytest.fixture
+def task() -> ClassificationTask:
+    return ClassificationTask(lambda: nn.Linear(4, 3), init_seed=0)
+
+
+@pytest.fixture
+def init_state(task: ClassificationTask) -> dict[str, torch.Tensor]:
+    return task.get_state(task.build_model())
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def test_same_seed_gives_identical_states(task, init_state) -> None:
+    config = FederationConfig(rounds=3, clients_per_round=2, batch_size=4, lr=0.1, seed=7)
+    first = run_federation(task, make_clients(), init_state, config)
+    again = run_federation(task, make_clients(), init_state, config)
+    assert states_equal(first, again)
+    assert not states_equal(first, init_state)
+
+
+def test_different_seed_gives_a_different_state(task, init_state) -> None:
+    config = FederationConfig(rounds=3, batch_size=4, lr=0.1, seed=7)
+    first = run_federation(task, make_clients(), init_state, config)
+    other = run_federation(
+        task, make_clients(), init_state, FederationConfig(**{**config.as_dict(), "seed": 8})
+    )
+    assert not states_equal(first, other)
+
+
+def test_running_in_two_parts_equals_running_at_once(task, init_state) -> None:
+    """Round numbers, not call boundaries, seed sampling and data order (what replay relies on)."""
+    config = FederationConfig(rounds=4, clients_per_round=2, batch_size=3, lr=0.1, seed=1)
+    at_once = run_federation(task, make_clients(), init_state, config)
+    halfway = run_federation(task, make_clients(), init_state, config, rounds=[0, 1])
+    in_parts = run_federation(
+        task, make_clients(), init_state, config, rounds=[2, 3], start_state=halfway
+    )
+    assert states_equal(at_once, in_parts)
+
+
+def test_loop_does_not_touch_global_rng(task, init_state) -> None:
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    run_federation(task, make_clients(), init_state, FederationConfig(rounds=2, batch_size=4))
+    assert torch.equal(torch.rand(3), expected)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def test_client_sampling_is_deterministic_sorted_and_of_size_k() -> None:
+    available = range(20)
+    for r in range(10):
+        chosen = sample_clients(available, 5, seed=3, round_index=r)
+        assert chosen == sample_clients(reversed(available), 5, seed=3, round_index=r)
+        assert len(chosen) == 5 == len(set(chosen))
+        assert chosen == sorted(chosen)
+        assert set(chosen) <= set(available)
+    per_round = {tuple(sample_clients(available, 5, seed=3, round_index=r)) for r in range(10)}
+    assert len(per_round) > 1, "every round sampled the same clients"
+
+
+@pytest.mark.parametrize("k", [0, 4, 9])
+def test_sampling_everyone_when_k_is_zero_or_too_large(k: int) -> None:
+    assert sample_clients([3, 1, 2, 0], k, seed=0, round_index=5) == [0, 1, 2, 3]
+
+
+def test_minibatch_order_covers_each_example_once_per_pass() -> None:
+    batches = minibatch_order(10, 4, steps=6, generator=torch.Generator().manual_seed(0))
+    assert [len(b) for b in batches] == [4, 4, 2, 4, 4, 2]
+    for epoch in (batches[:3], batches[3:]):
+        assert sorted(torch.cat(epoch).tolist()) == list(range(10))
+
+
+# --------------------------------------------------------------------------- counters
+
+
+def test_client_steps_follow_sizes_epochs_and_batch(task, init_state) -> None:
+    # B = 4, E = 2: ceil(5/4)=2, ceil(8/4)=2, ceil(13/4)=4 steps per epoch -> 4 + 4 + 8 = 16
+    # per round with every client, 3 rounds -> 48 steps and 9 client participations.
+    config = FederationConfig(rounds=3, local_epochs=2, batch_size=4, lr=0.05)
+    counter = CostCounter()
+    run_federation(task, make_clients(), init_state, config, counter=counter)
+    assert counter.client_steps == 48
+    assert counter.client_rounds == 9
+    assert [local_step_count(n, config) for n in SIZES.values()] == [4, 4, 8]
+
+
+def test_local_steps_override_epochs(task, init_state) -> None:
+    config = FederationConfig(rounds=2, local_epochs=5, local_steps=3, batch_size=4)
+    counter = CostCounter()
+    run_federation(task, make_clients(), init_state, config, counter=counter)
+    assert counter.client_steps == 2 * 3 * 3  # rounds * clients * local_steps
+
+
+def test_sampled_steps_and_bytes_match_the_participants(task, init_state) -> None:
+    config = FederationConfig(rounds=4, clients_per_round=2, batch_size=4, seed=11)
+    counter, history = CostCounter(), TrainingHistory(init_state)
+    run_federation(task, make_clients(), init_state, config, counter=counter, history=history)
+    participations = [cid for r in range(4) for cid in sample_clients(SIZES, 2, 11, r)]
+    assert counter.client_rounds == 8 == len(participations)
+    assert counter.client_steps == sum(-(-SIZES[c] // 4) for c in participations)
+    # Linear(4, 3): 12 weights + 3 biases, float32 -> 60 bytes each way per participation
+    assert state_bytes(init_state) == 60
+    assert counter.bytes_down == 60 * 8
+    update_bytes = sum(
+        state_bytes(u) for record in history.rounds for u in record.client_updates.values()
+    )
+    assert counter.bytes_up == update_bytes == 60 * 8
+    assert counter.bytes_communicated == 2 * 60 * 8
+    assert counter.wall_time_s > 0
+
+
+def test_empty_client_is_an_error(task, init_state) -> None:
+    empty = ClientData(
+        5,
+        {"x": torch.zeros(0, 4), "y": torch.zeros(0, dtype=torch.long)},
+        torch.zeros(0, dtype=torch.long),
+    )
+    with pytest.raises(ValueError, match="client 5 holds no examples"):
+        client_update(
+            task, task.build_model(), init_state, empty, FederationConfig(), 0, CostCounter()
+        )
+
+
+# --------------------------------------------------------------------------- history
+
+
+def test_history_records_every_round_and_replays_the_aggregation(task, init_state) -> None:
+    config = FederationConfig(rounds=3, clients_per_round=2, batch_size=4, seed=2)
+    counter, history = CostCounter(), TrainingHistory(init_state)
+    seen: list[int] = []
+    final = run_federation(
+        task,
+        make_clients(),
+        init_state,
+        config,
+        counter=counter,
+        history=history,
+        on_round=lambda r, state: seen.append(r),
+    )
+    assert seen == [0, 1, 2]
+    assert [r.round_index for r in history.rounds] == [0, 1, 2]
+    assert states_equal(history.rounds[0].global_state, init_state)
+    for r, record in enumerate(history.rounds):
+        assert record.participants == sample_clients(SIZES, 2, 2, r)
+        assert record.sample_counts == {c: SIZES[c] for c in record.participants}
+        after = fedavg_aggregate(record.global_state, record.client_updates, record.sample_counts)
+        following = history.rounds[r + 1].global_state if r < 2 else history.final_state
+        assert states_equal(after, following)
+    assert states_equal(history.final_state, final)
+    # every round kept: one global state plus two updates of 60 bytes each
+    assert counter.history_bytes == 3 * (60 + 2 * 60)
