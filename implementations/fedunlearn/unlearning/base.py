@@ -39,6 +39,8 @@ class TrainedFederation:
         history: What the loop recorded.
         cost: Cost of training.
         model: A reusable model instance.
+        server_inputs: Unlabeled inputs the server holds (see
+            [`Scenario`][fedunlearn.unlearning.scenarios.Scenario]), if any.
     """
 
     task: Task
@@ -49,10 +51,12 @@ class TrainedFederation:
     history: TrainingHistory
     cost: CostCounter
     model: nn.Module = field(repr=False)
+    server_inputs: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
 
 def train_federation(task: Task, clients: Mapping[int, ClientData], config: FederationConfig,
-                     init_state: State | None = None, progress: bool | str = False) -> TrainedFederation:
+                     init_state: State | None = None, progress: bool | str = False,
+                     server_inputs: dict[str, torch.Tensor] | None = None) -> TrainedFederation:
     """Train $\\theta_o$ with FedAvg and record its history (every ``config.record_every`` rounds)."""
     model = task.build_model()
     init_state = init_state if init_state is not None else task.get_state(model)
@@ -60,7 +64,8 @@ def train_federation(task: Task, clients: Mapping[int, ClientData], config: Fede
     cost = CostCounter()
     final = run_federation(task, clients, init_state, config, model=model, counter=cost,
                            history=history, progress=progress)
-    return TrainedFederation(task, dict(clients), config, init_state, final, history, cost, model)
+    return TrainedFederation(task, dict(clients), config, init_state, final, history, cost, model,
+                             server_inputs)
 
 
 class UnlearningMethod:

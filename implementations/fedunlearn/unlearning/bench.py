@@ -77,9 +77,12 @@ def run_benchmark(scenario: str, methods: Sequence[str], seeds: int = 3, full: b
         for name, method in instances.items():
             every = method.record_every or sc.config.record_every
             if every not in runs:
-                runs[every] = train_federation(sc.task, sc.clients, replace(sc.config, record_every=every))
-        base = runs.setdefault(sc.config.record_every, runs.get(sc.config.record_every) or
-                               train_federation(sc.task, sc.clients, sc.config))
+                runs[every] = train_federation(sc.task, sc.clients, replace(sc.config, record_every=every),
+                                               server_inputs=sc.server_inputs)
+        if sc.config.record_every not in runs:
+            runs[sc.config.record_every] = train_federation(sc.task, sc.clients, sc.config,
+                                                            server_inputs=sc.server_inputs)
+        base = runs[sc.config.record_every]
         bar.update()
         oracle = run_method(Retrain(), base, sc.request)
         oracle_metrics = evaluate(sc, oracle.state, base.model)

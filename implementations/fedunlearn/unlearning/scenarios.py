@@ -22,9 +22,9 @@ import torch
 
 from fedunlearn.data.digits import apply_trigger, load_split
 from fedunlearn.data.federated_digits import digits_clients
-from fedunlearn.data.profiles import QARecord
+from fedunlearn.data.profiles import QARecord, make_profiles, qa_records
 from fedunlearn.federated.client import ClientData
-from fedunlearn.federated.loop import FederationConfig
+from fedunlearn.federated.loop import FederationConfig, derived_seed
 from fedunlearn.federated.task import ClassificationTask, Task
 from fedunlearn.models.mlp import DigitsMLP
 from fedunlearn.unlearning.requests import ForgetRequest
@@ -46,6 +46,8 @@ class Scenario:
         backdoor_target: Target class of the planted backdoor, if any.
         records: Language scenarios: record id -> record (texts, canaries).
         heldout_records: Language scenarios: records of people nobody trained on.
+        server_inputs: Unlabeled inputs the server holds (no labels, disjoint from ``test``), for
+            methods that repair a model on the server (e.g. knowledge distillation).
     """
 
     name: str
@@ -59,11 +61,42 @@ class Scenario:
     backdoor_target: int | None = None
     records: dict[int, QARecord] = field(default_factory=dict)
     heldout_records: list[QARecord] = field(default_factory=list)
+    server_inputs: dict[str, torch.Tensor] | None = None
 
     def triggered_test(self) -> dict[str, torch.Tensor]:
         """Test images with the trigger, with their true labels (for the attack success rate)."""
         return {"x": apply_trigger(self.test["x"]), "y": self.test["y"]}
 
+
+def split_server_inputs(test: dict[str, torch.Tensor], server_fraction: float, seed: int
+                        ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Split held-out data into an evaluation part and the server's unlabeled inputs (labels dropped).
+
+    Returns:
+        ``(evaluation, unlabeled)``: disjoint rows; ``unlabeled`` keeps only model inputs.
+    """
+    n = len(next(iter(test.values())))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(seed, 0x5E7)))
+    cut = round(server_fraction * n)
+    server, kept = order[:cut].sort().values, order[cut:].sort().values
+    evaluation = {k: v[kept] for k, v in test.items()}
+    unlabeled = {k: v[server] for k, v in test.items() if k in ("x", "input_ids", "attention_mask")}
+    return evaluation, unlabeled
+
+
+def question_inputs(task, people: int, seed: int, first_id: int = 2_000_000) -> dict[str, torch.Tensor]:
+    """Unlabeled text for a language-model server: the questions (no answers) about ``people``
+    fresh fictitious people, ids from ``first_id`` (disjoint by id from federated, held-out and
+    pretraining people; names can repeat by chance).
+    """
+    records = [replace(r, answer="") for p in make_profiles(people, seed=seed, first_id=first_id)
+               for r in qa_records(p)]
+    encoded = task.encode(records)
+    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+
+#: Share of the digits test split handed to the server as unlabeled inputs (not evaluated on).
+SERVER_FRACTION = 0.5
 
 DIGITS_CONFIG = FederationConfig(rounds=20, local_epochs=1, batch_size=16, lr=0.1, momentum=0.5)
 
@@ -79,11 +112,13 @@ def _digits(name: str, seed: int, full: bool, *, partition: str = "iid", num_cli
     if rows_per_client is not None:
         clients = {c: d.select(torch.arange(d.num_samples) < rows_per_client) for c, d in clients.items()}
     rounds = config.rounds * (2 if full else 1)
+    evaluation, server_inputs = split_server_inputs({"x": split.x_test, "y": split.y_test},
+                                                    SERVER_FRACTION, seed)
     return Scenario(
         name=name, seed=seed, kind="classification",
         task=ClassificationTask(lambda: DigitsMLP(hidden=hidden), init_seed=seed),
         clients=clients, config=replace(config, rounds=rounds, seed=seed), request=request,
-        test={"x": split.x_test, "y": split.y_test}, backdoor_target=0 if backdoor else None,
+        test=evaluation, backdoor_target=0 if backdoor else None, server_inputs=server_inputs,
     )
 
 
@@ -126,6 +161,7 @@ def _profiles(name: str, seed: int, full: bool, person: bool) -> Scenario:
         name=name, seed=seed, kind="language", task=task, clients=federation.clients, config=config,
         request=request, test=task.encode(federation.heldout), records=federation.records,
         heldout_records=federation.heldout,
+        server_inputs=question_inputs(task, people=40, seed=seed + 1234),
     )
 
 
