@@ -1,0 +1,67 @@
+"""The Flower app's run config and state conversion (no deployment; fast)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedunlearn.flower.settings import RunSettings, partition_id, record_to_state, state_to_record
+
+APP_CONFIG = Path(__file__).resolve().parents[2] / "implementations" / "fedunlearn" / "flower" / "pyproject.toml"
+
+
+def app_run_config() -> dict:
+    return tomllib.loads(APP_CONFIG.read_text())["tool"]["flwr"]["app"]["config"]
+
+
+def test_app_defaults_are_the_dataclass_defaults():
+    assert RunSettings.from_run_config(app_run_config()) == RunSettings()
+
+
+def test_run_config_is_typed_and_checked():
+    settings = RunSettings.from_run_config({"num-clients": 3, "node-wait-s": 5, "mode": "unlearn"})
+    assert settings.num_clients == 3 and settings.node_wait_s == 5.0 and settings.mode == "unlearn"
+    with pytest.raises(ValueError, match="unknown run config key"):
+        RunSettings.from_run_config({"num_clients": 3})
+    with pytest.raises(ValueError, match="mode"):
+        RunSettings.from_run_config({"mode": "predict"})
+    with pytest.raises(ValueError, match="does not run on Flower"):
+        RunSettings.from_run_config({"method": "do-nothing"})
+
+
+def test_paths_must_be_absolute(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        RunSettings().path("out-dir")
+    with pytest.raises(ValueError, match="absolute"):
+        RunSettings(out_dir="results").path("out-dir")
+    assert RunSettings(history_path=str(tmp_path)).path("history-path") == tmp_path
+
+
+def test_scenario_restriction_and_overrides():
+    scenario = RunSettings(num_clients=3, rounds=2, record_every=2, forget_clients="1, 2").build_scenario()
+    assert sorted(scenario.clients) == [0, 1, 2]
+    assert (scenario.config.rounds, scenario.config.record_every) == (2, 2)
+    assert scenario.request.clients == (1, 2)
+    assert RunSettings(num_clients=3).build_scenario().request.clients == (0,)  # the scenario's own
+    with pytest.raises(ValueError, match="num-clients"):
+        RunSettings(num_clients=99).build_scenario()
+
+
+def test_partition_id_comes_from_the_node_config():
+    assert partition_id({"partition-id": 2}) == 2
+    with pytest.raises(ValueError, match="partition-id"):
+        partition_id({"num-partitions": 3})
+
+
+def test_state_round_trips_through_an_array_record():
+    pytest.importorskip("flwr", reason="Flower is not installed; pip install -e '.[flower]'")
+    state = {"w": torch.randn(3, 4), "b": torch.arange(5), "lora.A": torch.randn(2, 2, dtype=torch.float64)}
+    back = record_to_state(state_to_record(state))
+    assert back.keys() == state.keys()
+    for key, value in state.items():
+        assert back[key].dtype == value.dtype and torch.equal(back[key], value)
+    back["w"] += 1  # writable, and not aliasing the original
+    assert not torch.equal(back["w"], state["w"])
