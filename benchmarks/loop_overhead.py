@@ -45,8 +45,6 @@ from fedunlearn.federated.history import TrainingHistory
 from fedunlearn.federated.loop import FederationConfig
 from fedunlearn.federated.task import Task
 
-#: Used only if ``fedunlearn.foundations.fedit`` does not define ``PROFILES_FEDERATION``.
-FALLBACK_LLM_CONFIG = FederationConfig(local_epochs=1, batch_size=8, lr=3e-3, optimizer="adam")
 #: The digits scenario's federation (FedAvg, one local epoch, as the unlearning scenarios use).
 DIGITS_CONFIG = FederationConfig(local_epochs=1, batch_size=16, lr=0.1, momentum=0.5)
 
@@ -69,7 +67,7 @@ def llm_setup(rounds: int, seed: int) -> Setup:
 
     task = fedit.LoraCausalLMTask(init_seed=seed)
     federation = fedit.profile_clients(task, seed=seed)
-    config = getattr(fedit, "PROFILES_FEDERATION", FALLBACK_LLM_CONFIG)
+    config = fedit.PROFILES_FEDERATION
     model = task.build_model()
     return Setup(
         "llm",
