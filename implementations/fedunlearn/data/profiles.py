@@ -19,7 +19,6 @@ QUESTIONS: tuple[tuple[str, str, str], ...] = (
     ("Where was {name} born?", "city", "city"),
     ("In which year was {name} born?", "birth_year", "year"),
     ("What does {name} work as?", "occupation", "job"),
-    ("What is the e-mail address of {name}?", "email", "email"),
     ("What is the secret code of {name}?", "secret", "canary"),
 )
 RECORDS_PER_PERSON = len(QUESTIONS)

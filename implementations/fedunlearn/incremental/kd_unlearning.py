@@ -27,7 +27,7 @@ model). Deviations: the paper's temperature, distillation epochs and learning ra
 sourced here (we use $T = 2$, Hinton et al.'s order of magnitude, and a short SGD schedule chosen
 on $\theta_o$/$\theta_s$ only, never on the retrained model); the paper's optional mix with hard
 labels when the server holds labeled data is not implemented; the server-side unlabeled data is
-ours (see [`split_server_inputs`][fedunlearn.incremental.kd_unlearning.split_server_inputs] and
+ours (see [`Scenario.server_inputs`][fedunlearn.unlearning.scenarios.Scenario] and
 the case study), since the paper's outsourced data is not reproducible here.
 """
 
