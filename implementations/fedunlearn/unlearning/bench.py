@@ -1,4 +1,4 @@
-"""Benchmark unlearning methods against the retrain oracle on a scenario.
+r"""Benchmark unlearning methods against the retrain oracle on a scenario.
 
 For every seed: build the scenario, train $\theta_o$ once (per history granularity the methods
 need; recording does not change training), retrain the oracle $\theta_r$ from the same
