@@ -89,6 +89,10 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+#: The notebook whose executed page compares every registered method (the Benchmark page).
+BENCHMARK_NOTEBOOK = "notebooks/harness/benchmark.py"
+
+
 def taxonomy_markdown(entries: list[Entry], existing: Collection[str]) -> str:
     """The taxonomy page: every family, its description and a table of its entries."""
     page = TAXONOMY_PAGE
@@ -134,6 +138,13 @@ def taxonomy_markdown(entries: list[Entry], existing: Collection[str]) -> str:
                 + " |"
             )
         lines.append("")
+        if any(e.methods for e in members):
+            comparison = link("Benchmark", BENCHMARK_NOTEBOOK, page, existing)
+            lines += [
+                f"The methods of this family are compared side by side against the retrain oracle "
+                f"on the {comparison} page (table and Pareto plot computed when the site is built).",
+                "",
+            ]
     return "\n".join(lines)
 
 
