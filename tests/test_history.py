@@ -15,15 +15,6 @@ from fedunlearn.federated.loop import FederationConfig, run_federation
 from fedunlearn.federated.task import ClassificationTask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread (and a busy machine makes two threads crawl)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def train_history(record_every: int = 1, rounds: int = 4) -> TrainingHistory:
     generator = torch.Generator().manual_seed(0)
     clients = {

@@ -23,15 +23,6 @@ from fedunlearn.foundations.fedavg import fedavg_aggregate
 SIZES = {0: 5, 1: 8, 2: 13}  # unequal on purpose
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread (and a busy machine makes two threads crawl)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_clients(sizes: dict[int, int] = SIZES) -> dict[int, ClientData]:
     generator = torch.Generator().manual_seed(123)
     clients, start = {}, 0

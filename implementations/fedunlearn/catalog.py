@@ -98,6 +98,11 @@ class Entry:
         """Path of the entry's page relative to ``docs/``."""
         return f"entries/{self.family}/{self.slug}.md"
 
+    def claims_markdown(self) -> str:
+        """The reported claims as a Markdown table (claim, reported, where), for notebooks."""
+        rows = [f"| {c.claim} | {c.reported} | {c.where} |" for c in self.claims]
+        return "\n".join(["| claim | reported | where |", "|---|---|---|", *rows])
+
     def as_dict(self) -> dict:
         """Plain-data view used by ``fedunlearn list --format json``."""
         return {

@@ -47,14 +47,7 @@ from fedunlearn.models.mlp import DigitsMLP
 
 entry = catalog.get("fedavg")
 claims = entry.claims
-display(
-    Markdown(
-        "\n".join(
-            ["| claim | reported | where |", "|---|---|---|"]
-            + [f"| {c.claim} | {c.reported} | {c.where} |" for c in claims]
-        )
-    )
-)
+display(Markdown(entry.claims_markdown()))
 
 # %% [markdown]
 # ## Setup

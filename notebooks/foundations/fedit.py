@@ -57,14 +57,7 @@ from fedunlearn.foundations.fedit import (
 from fedunlearn.models.tiny_lm import load_base_model
 
 entry = catalog.get("fedit")
-display(
-    Markdown(
-        "\n".join(
-            ["| claim | reported | where |", "|---|---|---|"]
-            + [f"| {c.claim} | {c.reported} | {c.where} |" for c in entry.claims]
-        )
-    )
-)
+display(Markdown(entry.claims_markdown()))
 
 # %% [markdown]
 # ## Setup

@@ -49,10 +49,7 @@ from fedunlearn.unlearning.scenarios import build_scenario
 
 entry = catalog.get("federaser")
 claims = entry.claims
-display(Markdown("\n".join(
-    ["| claim | reported | where |", "|---|---|---|"]
-    + [f"| {c.claim} | {c.reported} | {c.where} |" for c in claims]
-)))
+display(Markdown(entry.claims_markdown()))
 
 # %% [markdown]
 # ## Setup

@@ -45,10 +45,7 @@ from fedunlearn.unlearning.scenarios import build_scenario
 
 entry = catalog.get("fedrecover")
 claims = entry.claims
-display(Markdown("\n".join(
-    ["| claim | reported | where |", "|---|---|---|"]
-    + [f"| {c.claim} | {c.reported} | {c.where} |" for c in claims]
-)))
+display(Markdown(entry.claims_markdown()))
 
 # %% [markdown]
 # ## Setup

@@ -51,8 +51,7 @@ from fedunlearn.unlearning.scenarios import build_scenario, question_inputs
 
 entry = catalog.get("kd-unlearning")
 claims = entry.claims
-display(Markdown("\n".join(["| claim | reported | where |", "|---|---|---|"]
-                           + [f"| {c.claim} | {c.reported} | {c.where} |" for c in claims])))
+display(Markdown(entry.claims_markdown()))
 
 # %% [markdown]
 # The paper shows its results in figures (MNIST, CIFAR-10, GTSRB; backdoor accuracy and test

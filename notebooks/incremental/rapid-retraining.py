@@ -53,10 +53,7 @@ from fedunlearn.unlearning.scenarios import build_scenario
 
 entry = catalog.get("rapid-retraining")
 claims = entry.claims
-display(Markdown("\n".join(
-    ["| claim | reported | where |", "|---|---|---|"]
-    + [f"| {c.claim} | {c.reported} | {c.where} |" for c in claims]
-)))
+display(Markdown(entry.claims_markdown()))
 
 # %% [markdown]
 # The paper's speed-ups and accuracy errors are shown in its figures; we found no number in its

@@ -29,15 +29,6 @@ from fedunlearn.foundations.fedavg import (
 from fedunlearn.models.mlp import DigitsMLP
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread (and a busy machine makes two threads crawl)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------- aggregation, by hand
 
 

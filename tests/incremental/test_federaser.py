@@ -75,7 +75,6 @@ def test_entry_registers_both_methods() -> None:
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.set_num_threads(1)
     scenario = build_scenario("digits-backdoor", seed=0)
     config = dataclasses.replace(scenario.config, record_every=2)
     run = train_federation(scenario.task, scenario.clients, config)

@@ -110,7 +110,6 @@ def test_entry_registers_both_methods() -> None:
 @pytest.fixture(scope="module")
 def small():
     """digits-poisoned cut to 4 rounds (fast), history of every round."""
-    torch.set_num_threads(1)
     scenario = build_scenario("digits-poisoned", seed=0)
     config = dataclasses.replace(scenario.config, rounds=4)
     return scenario, train_federation(scenario.task, scenario.clients, config)
@@ -160,7 +159,6 @@ def test_bad_requests_are_refused(small) -> None:
 
 @pytest.fixture(scope="module")
 def claim():
-    torch.set_num_threads(1)
     scenario = build_scenario("digits-poisoned", seed=0)
     run = train_federation(scenario.task, scenario.clients, scenario.config)
     before = history_fingerprint(run.history)

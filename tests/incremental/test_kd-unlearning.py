@@ -33,15 +33,6 @@ from fedunlearn.unlearning.requests import ForgetRequest, ForgetRequestError
 from fedunlearn.unlearning.scenarios import build_scenario, split_server_inputs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread (and a busy machine makes two threads crawl)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def toy_history(record_every: int = 1) -> TrainingHistory:
     """Three rounds; client 0 takes part in rounds 0 and 2 only."""
     history = TrainingHistory({"w": torch.tensor([0.0])}, record_every=record_every)

@@ -38,14 +38,6 @@ from fedunlearn.unlearning.requests import ForgetRequest, ForgetRequestError, sp
 from fedunlearn.unlearning.scenarios import build_scenario
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 64-unit MLP is faster on one thread than split over two
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------- the optimiser, by hand
 
 
