@@ -26,6 +26,8 @@
 
 # %%
 import os
+import tempfile
+from pathlib import Path
 
 import torch
 from IPython.display import Image, Markdown, display
@@ -59,7 +61,8 @@ backdoor = run_benchmark("digits-backdoor", methods, seeds=SEEDS, full=FULL, pro
 display(Markdown(markdown_table(backdoor)))
 
 # %%
-display(Image(str(pareto_plot(backdoor, "benchmark-digits-backdoor.png", metric="asr"))))
+plot_path = Path(tempfile.mkdtemp()) / "digits-backdoor.png"  # embedded in the page, not kept
+display(Image(str(pareto_plot(backdoor, plot_path, metric="asr"))))
 
 # %% [markdown]
 # ## Federated LoRA language model (`profiles-client`)
