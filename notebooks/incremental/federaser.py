@@ -45,6 +45,7 @@ from fedunlearn.unlearning.base import run_method, train_federation
 from fedunlearn.unlearning.evaluate import evaluate, gaps_to_oracle
 from fedunlearn.unlearning.registry import get_method
 from fedunlearn.unlearning.requests import split_clients
+from fedunlearn.unlearning.bench import comparison_markdown, evaluate_methods
 from fedunlearn.unlearning.scenarios import build_scenario
 
 entry = catalog.get("federaser")
@@ -224,20 +225,11 @@ lm = build_scenario("profiles-client", seed=0, full=FULL)
 lm_rounds = lm.config.rounds if FULL else lm.config.rounds // 2
 lm.config = dataclasses.replace(lm.config, record_every=DELTA_T, rounds=lm_rounds)
 lm_run = train_federation(lm.task, lm.clients, lm.config)
-lm_rows = {}
-for name in ("retrain", "do-nothing", "federaser", "federaser-no-calibration"):
-    result = run_method(get_method(name), lm_run, lm.request)
-    lm_rows[name] = (evaluate(lm, result.state, lm_run.model), result.cost)
+lm_rows = evaluate_methods(lm, lm_run, ("retrain", "do-nothing", "federaser", "federaser-no-calibration"))
 lm_metrics = [m for m in ("test_logprob", "retain_logprob", "forget_logprob", "mia_auc_loss",
                           "mia_auc_mink", "canary_exposure", "canary_extraction")
               if m in lm_rows["retrain"][0]]
-lines = ["| model | " + " | ".join(lm_metrics) + " | ρ_steps |",
-         "|---" * (len(lm_metrics) + 2) + "|"]
-for name, (values, cost) in lm_rows.items():
-    steps = cost.client_steps / lm_rows["retrain"][1].client_steps
-    lines.append(f"| {name} | " + " | ".join(f"{values[m]:.3f}" for m in lm_metrics)
-                 + f" | {steps:.2f} |")
-display(Markdown("\n".join(lines)))
+display(Markdown(comparison_markdown(lm_rows, lm_metrics)))
 
 # %% [markdown]
 # How far each method moves from $\theta_o$ towards $\theta_r$: share of the gap

@@ -41,6 +41,7 @@ from fedunlearn.incremental.fedrecover import FedRecover, FedRecoverConfig
 from fedunlearn.unlearning.base import run_method, train_federation
 from fedunlearn.unlearning.evaluate import evaluate
 from fedunlearn.unlearning.registry import get_method
+from fedunlearn.unlearning.bench import comparison_markdown, evaluate_methods
 from fedunlearn.unlearning.scenarios import build_scenario
 
 entry = catalog.get("fedrecover")
@@ -199,19 +200,10 @@ display(Markdown("\n".join(table)))
 lm = build_scenario("profiles-client", seed=0, full=FULL)
 lm.config = dataclasses.replace(lm.config, record_every=1)
 lm_run = train_federation(lm.task, lm.clients, lm.config)
-lm_rows = {}
-for name in ("retrain", "do-nothing", "fedrecover", "fedrecover-no-correction"):
-    result = run_method(get_method(name), lm_run, lm.request)
-    lm_rows[name] = (evaluate(lm, result.state, lm_run.model), result.cost)
+lm_rows = evaluate_methods(lm, lm_run, ("retrain", "do-nothing", "fedrecover", "fedrecover-no-correction"))
 lm_metrics = [m for m in ("test_logprob", "retain_logprob", "forget_logprob", "mia_auc_loss")
               if m in lm_rows["retrain"][0]]
-lines = ["| model | " + " | ".join(lm_metrics) + " | ρ_steps |",
-         "|---" * (len(lm_metrics) + 2) + "|"]
-for name, (values, cost) in lm_rows.items():
-    steps = cost.client_steps / lm_rows["retrain"][1].client_steps
-    lines.append(f"| {name} | " + " | ".join(f"{values[m]:.3f}" for m in lm_metrics)
-                 + f" | {steps:.2f} |")
-display(Markdown("\n".join(lines)))
+display(Markdown(comparison_markdown(lm_rows, lm_metrics)))
 
 # %% [markdown]
 # Read `forget_logprob` and the membership AUC against $\theta_r$, not against zero: a retrained

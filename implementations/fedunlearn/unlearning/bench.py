@@ -22,12 +22,12 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from fedunlearn.federated.costs import state_bytes
-from fedunlearn.unlearning.base import run_method, train_federation
+from fedunlearn.federated.costs import CostCounter, state_bytes
+from fedunlearn.unlearning.base import TrainedFederation, run_method, train_federation
 from fedunlearn.unlearning.controls import Retrain
 from fedunlearn.unlearning.evaluate import evaluate, gaps_to_oracle
 from fedunlearn.unlearning.registry import available_methods, get_method
-from fedunlearn.unlearning.scenarios import SCENARIOS, build_scenario
+from fedunlearn.unlearning.scenarios import SCENARIOS, Scenario, build_scenario
 
 #: Tolerance of retrain-equivalence per metric family (MEASURING.md; log-prob and exposure are ours).
 TOLERANCES = {"acc": 0.02, "asr": 0.02, "mia_auc": 0.02, "logprob": 0.05, "canary_exposure": 0.5,
@@ -116,6 +116,32 @@ def run_benchmark(scenario: str, methods: Sequence[str], seeds: int = 3, full: b
     bar.close()
     return {"scenario": scenario, "full": full, "seeds": seeds, "methods": list(methods),
             "per_seed": per_seed, "aggregate": aggregate(per_seed, list(methods)), "timing": timing}
+
+
+def evaluate_methods(scenario: Scenario, run: TrainedFederation, names: Sequence[str]
+                     ) -> dict[str, tuple[dict[str, float], CostCounter]]:
+    """Run each named method on one trained federation and evaluate its model.
+
+    Returns:
+        Method name -> (metrics, measured cost), in the order given.
+    """
+    rows = {}
+    for name in names:
+        result = run_method(get_method(name), run, scenario.request)
+        rows[name] = (evaluate(scenario, result.state, run.model), result.cost)
+    return rows
+
+
+def comparison_markdown(rows: dict[str, tuple[dict[str, float], CostCounter]], metrics: Sequence[str],
+                        reference: str = "retrain") -> str:
+    """A Markdown table of ``rows`` (from [`evaluate_methods`][fedunlearn.unlearning.bench.evaluate_methods]):
+    the chosen metrics and ρ_steps relative to the ``reference`` method."""
+    reference_steps = rows[reference][1].client_steps
+    lines = ["| model | " + " | ".join(metrics) + " | ρ_steps |", "|---" * (len(metrics) + 2) + "|"]
+    for name, (values, cost) in rows.items():
+        cells = " | ".join(f"{values[m]:.3f}" for m in metrics)
+        lines.append(f"| {name} | {cells} | {cost.client_steps / reference_steps:.2f} |")
+    return "\n".join(lines)
 
 
 def aggregate(per_seed: list[dict], methods: list[str]) -> dict:
