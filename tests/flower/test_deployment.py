@@ -32,7 +32,9 @@ from safetensors.torch import load_file
 from fedunlearn.federated.history import TrainingHistory
 from fedunlearn.flower.settings import RunSettings
 from fedunlearn.incremental.federaser import FedEraser
+from fedunlearn.unlearning.evaluate import evaluate
 from fedunlearn.unlearning.base import history_fingerprint, run_method, train_federation
+from fedunlearn.unlearning.bench import run_benchmark
 from fedunlearn.unlearning.controls import ContinueFedAvg, ContinueFedAvgConfig, Retrain
 
 pytestmark = pytest.mark.flower
@@ -184,6 +186,21 @@ def deployment(tmp_path_factory):
         assert not process_groups_alive(started.groups), "processes left behind"
 
 
+def clientapp_pids(group: int) -> set[int]:
+    """Live ``flwr-clientapp`` processes (one per message a SuperNode handles) in ``group``."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            fields = text[text.rindex(")") + 2 :].split()
+            if fields[0] != "Z" and int(fields[2]) == group and \
+                    b"flwr-clientapp" in (stat.parent / "cmdline").read_bytes():
+                pids.add(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
 def result(directory: Path) -> dict:
     return json.loads((directory / "result.json").read_text())
 
@@ -192,6 +209,12 @@ def assert_same_state(flower_state: dict, reference: dict) -> None:
     assert flower_state.keys() == reference.keys()
     for key, value in reference.items():
         torch.testing.assert_close(flower_state[key], value, atol=ATOL, rtol=0, msg=key)
+
+
+def assert_same_metrics(flower_metrics: dict, reference: dict) -> None:
+    assert flower_metrics.keys() == reference.keys()
+    for key, value in reference.items():
+        assert flower_metrics[key] == pytest.approx(value, abs=1e-6), key
 
 
 def test_train_then_retrain_on_flower(deployment, tmp_path):
@@ -203,6 +226,8 @@ def test_train_then_retrain_on_flower(deployment, tmp_path):
     scenario = RunSettings(num_clients=NUM_CLIENTS, rounds=ROUNDS).build_scenario()
     reference = train_federation(scenario.task, scenario.clients, scenario.config)
     oracle = run_method(Retrain(), reference, scenario.request)
+    bench = run_benchmark("digits-backdoor", ["retrain"], seeds=1, progress=False,
+                          num_clients=NUM_CLIENTS, rounds=ROUNDS)["per_seed"][0]
     assert deployment.wait(train_run) == "finished:completed"
 
     trained = result(out / "train")
@@ -213,6 +238,7 @@ def test_train_then_retrain_on_flower(deployment, tmp_path):
     assert_same_state(history.final_state, reference.final_state)
     assert_same_state(load_file(out / "train" / "state.safetensors"), reference.final_state)
     assert {"test_acc", "asr", "mia_auc"} <= set(trained["metrics"])
+    assert_same_metrics(trained["metrics"], bench["original"])  # what `fedunlearn bench` prints for θ_o
 
     # The client to forget leaves; the retrain oracle runs on the two remaining SuperNodes.
     assert scenario.request.clients == (0,)
@@ -226,6 +252,7 @@ def test_train_then_retrain_on_flower(deployment, tmp_path):
     assert all(r["retained"] for r in unlearned["rounds"])
     assert_same_state(load_file(out / "unlearn-retrain" / "state.safetensors"), oracle.state)
     assert unlearned["cost"]["client_steps"] == oracle.cost.client_steps
+    assert_same_metrics(unlearned["metrics"], bench["oracle"])  # ... and for θ_r
     retrain_history = TrainingHistory.load(out / "unlearn-retrain" / "history")
     assert 0 not in retrain_history.clients
     assert history_fingerprint(TrainingHistory.load(history_path)) == fingerprint
@@ -263,3 +290,66 @@ def test_federaser_and_continue_fedavg_on_flower(deployment, tmp_path):
         assert all(r["participants"] == [1, 2] for r in unlearned["rounds"])
         assert unlearned["cost"]["client_steps"] == oracle.cost.client_steps
         assert_same_state(load_file(tmp_path / "out" / f"unlearn-{method}" / "state.safetensors"), oracle.state)
+
+
+@pytest.mark.slow
+def test_lora_language_model_on_flower(deployment, tmp_path):
+    """The tiny LoRA language model: only adapter tensors travel; train and retrain match in-process."""
+    deployment.ensure_running("supernode-0")
+    shape = f'scenario="profiles-client" num-clients={NUM_CLIENTS} rounds=1'
+    paths = f'history-path="{tmp_path / "history"}" out-dir="{tmp_path / "out"}"'
+    # The in-process twin runs first: it pretrains the tiny model into the shared cache, which
+    # every ClientApp process then reads instead of pretraining it again.
+    scenario = RunSettings(scenario="profiles-client", num_clients=NUM_CLIENTS, rounds=1).build_scenario()
+    reference = train_federation(scenario.task, scenario.clients, scenario.config)
+    oracle = run_method(Retrain(), reference, scenario.request)
+    train_run = deployment.run(f"{shape} {paths}")
+    assert deployment.wait(train_run) == "finished:completed"
+    trained = result(tmp_path / "out" / "train")
+    flower_state = load_file(tmp_path / "out" / "train" / "state.safetensors")
+    assert_same_state(flower_state, reference.final_state)
+    full_model = reference.model.state_dict()
+    assert all("lora_" in key for key in flower_state) and len(flower_state) < len(full_model)
+    assert trained["cost"]["bytes_down"] == reference.cost.bytes_down  # adapters only, as in-process
+    assert trained["metrics"]["test_logprob"] == pytest.approx(
+        evaluate(scenario, reference.final_state, reference.model)["test_logprob"], abs=1e-6)
+
+    deployment.stop("supernode-0")
+    run_id = deployment.run(f'{shape} {paths} mode="unlearn" method="retrain"')
+    assert deployment.wait(run_id) == "finished:completed"
+    unlearned = result(tmp_path / "out" / "unlearn-retrain")
+    assert [r["participants"] for r in unlearned["rounds"]] == [[1, 2]]
+    assert_same_state(load_file(tmp_path / "out" / "unlearn-retrain" / "state.safetensors"), oracle.state)
+
+
+def test_supernode_killed_mid_round_fails_the_run(deployment, tmp_path):
+    """SIGKILL a SuperNode while it trains round 1: the run fails naming the client and round,
+    the history saved earlier is untouched and the rounds recorded before are readable.
+
+    Runs last: the killed SuperNode stays down (Flower lists it until its heartbeat expires).
+    """
+    deployment.ensure_running("supernode-0")
+    shape = f"num-clients={NUM_CLIENTS} rounds=3"
+    history_path, out = tmp_path / "history", tmp_path / "out"
+    scenario = RunSettings(num_clients=NUM_CLIENTS, rounds=3).build_scenario()
+    train_federation(scenario.task, scenario.clients, scenario.config).history.save(history_path)
+    fingerprint = history_fingerprint(TrainingHistory.load(history_path))
+
+    run_id = deployment.run(f'{shape} history-path="{history_path}" out-dir="{out}" round-timeout-s=20')
+    group = deployment.processes["supernode-1"].pid
+    seen: set[int] = set()  # ClientApp processes of supernode-1: discovery, round 0, round 1
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while len(seen) < 3:
+        assert time.monotonic() < deadline, f"supernode-1 never started round 1; logs in {deployment.root}"
+        seen |= clientapp_pids(group)
+        time.sleep(0.05)
+    os.killpg(group, signal.SIGKILL)  # the whole SuperNode, its SuperExec and the running ClientApp
+    deployment.processes["supernode-1"].wait(timeout=10)
+
+    assert deployment.wait(run_id).startswith("finished:fail")
+    failed = result(out / "train")
+    assert failed["status"] == "failed"
+    assert "round 1" in failed["error"] and "client 1" in failed["error"], failed["error"]
+    assert history_fingerprint(TrainingHistory.load(history_path)) == fingerprint
+    partial = TrainingHistory.load(failed["partial_history"])
+    assert [r.round_index for r in partial.rounds] == [0] and partial.final_state is None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedunlearn.flower.settings import RunSettings, partition_id, record_to_state, state_to_record
+from fedunlearn.flower.settings import RunSettings, partition_id, record_to_state, state_to_record, torch_threads
 
 APP_CONFIG = Path(__file__).resolve().parents[2] / "implementations" / "fedunlearn" / "flower" / "pyproject.toml"
 
@@ -48,12 +48,21 @@ def test_scenario_restriction_and_overrides():
     assert RunSettings(num_clients=3).build_scenario().request.clients == (0,)  # the scenario's own
     with pytest.raises(ValueError, match="num-clients"):
         RunSettings(num_clients=99).build_scenario()
+    with pytest.raises(ValueError, match=r"unknown client\(s\) \[5\]"):
+        RunSettings(num_clients=3, forget_clients="5").build_scenario()
 
 
 def test_partition_id_comes_from_the_node_config():
     assert partition_id({"partition-id": 2}) == 2
     with pytest.raises(ValueError, match="partition-id"):
         partition_id({"num-partitions": 3})
+
+
+def test_torch_threads_come_from_the_node_config():
+    assert torch_threads({"partition-id": 0}) == 1
+    assert torch_threads({"partition-id": 0, "torch-threads": 4}) == 4
+    with pytest.raises(ValueError, match="torch-threads"):
+        torch_threads({"torch-threads": 0})
 
 
 def test_state_round_trips_through_an_array_record():

@@ -45,3 +45,23 @@ def test_cli_writes_json_table_and_plot(tmp_path, capsys):
 def test_cli_unknown_method_is_a_clear_error(capsys):
     assert main(["bench", "--scenario", "digits-class", "--methods", "nope", "--seeds", "1"]) == 2
     assert "unknown method(s) ['nope']" in capsys.readouterr().err
+
+
+def test_shrunk_scenario_is_benchmarked_on_its_first_clients_and_rounds(capsys):
+    code = main(["bench", "--scenario", "digits-backdoor", "--methods", "retrain", "--seeds", "1",
+                 "--num-clients", "3", "--rounds", "2", "--no-progress"])
+    assert code == 0
+    assert "first 3 clients, 2 rounds" in capsys.readouterr().out
+    shrunk = run_benchmark("digits-backdoor", ["retrain"], seeds=1, progress=False, num_clients=3, rounds=2)
+    row = shrunk["per_seed"][0]
+    # 3 clients x 2 rounds: the oracle trains clients 1 and 2 only, one epoch per round each
+    assert row["oracle_cost"]["client_rounds"] == 2 * 2
+    assert row["methods"]["retrain"]["rho_steps"] == 1.0
+
+
+def test_cli_rejects_a_restriction_that_cuts_the_forgotten_client(capsys):
+    assert main(["bench", "--scenario", "digits-backdoor", "--methods", "retrain", "--seeds", "1",
+                 "--num-clients", "99", "--no-progress"]) == 2
+    assert "num-clients=99" in capsys.readouterr().err
+    assert main(["bench", "--scenario", "digits-backdoor", "--methods", "retrain", "--rounds", "-1"]) == 2
+    assert "--rounds" in capsys.readouterr().err

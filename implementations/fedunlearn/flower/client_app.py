@@ -2,7 +2,9 @@
 [`client_update`][fedunlearn.federated.loop.client_update].
 
 A SuperNode started with ``--node-config "partition-id=N"`` serves client ``N`` of the scenario
-named in the run config, which the ClientApp rebuilds from its seed. It answers two messages:
+named in the run config, which the ClientApp rebuilds from its seed. Its ClientApps use one torch
+thread unless the node config says otherwise (``"partition-id=N torch-threads=4"``): the embedded
+models are tiny, and several SuperNodes on one machine each taking every core slow each other down. It answers two messages:
 
 - ``query``: its partition id and how many examples it holds, in all and after the forget request
   (``num-retained``), so the ServerApp can address clients by id and leave out the forgotten ones;
@@ -21,13 +23,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedunlearn.federated.client import ClientData
 from fedunlearn.federated.costs import CostCounter
 from fedunlearn.federated.loop import client_update
-from fedunlearn.flower.settings import RunSettings, partition_id, record_to_state, state_to_record
+from fedunlearn.flower.settings import (RunSettings, partition_id, record_to_state, state_to_record,
+                                        torch_threads)
 from fedunlearn.unlearning.requests import split_clients
 from fedunlearn.unlearning.scenarios import Scenario
 
@@ -35,6 +39,7 @@ app = ClientApp()
 
 
 def _partition(context: Context) -> tuple[Scenario, int, ClientData]:
+    torch.set_num_threads(torch_threads(context.node_config))
     scenario = RunSettings.from_run_config(context.run_config).build_scenario()
     cid = partition_id(context.node_config)
     if cid not in scenario.clients:

@@ -26,9 +26,10 @@ exactly like the in-process ones; the only difference is *who* trains: the seam 
 calling ``client_update`` for each participant.
 
 Every wait is bounded. A SuperNode that does not answer a round within ``round-timeout-s`` (or
-whose ClientApp fails) fails the run with a message naming the client; ``result.json`` then says
-``"status": "failed"``, and a history saved earlier stays as it was (saves are atomic, and an
-unlearning run never writes it).
+whose ClientApp fails) fails the run with a message naming the client and the round;
+``result.json`` then says ``"status": "failed"``. A history saved earlier stays as it was (saves
+are atomic, and an unlearning run never writes it); a failed training run saves the rounds it
+did record to ``out-dir/train/partial-history`` instead.
 """
 
 from __future__ import annotations
@@ -56,6 +57,17 @@ from fedunlearn.unlearning.requests import ForgetRequest, split_clients
 from fedunlearn.unlearning.scenarios import Scenario
 
 app = ServerApp()
+
+#: Where a failed training run keeps the rounds it recorded (under ``out-dir/train/``).
+PARTIAL_HISTORY = "partial-history"
+
+
+class TrainingFailed(RuntimeError):
+    """A training round failed; the rounds recorded before it were saved to ``partial_history``."""
+
+    def __init__(self, message: str, partial_history: Path) -> None:
+        super().__init__(message)
+        self.partial_history = partial_history
 
 
 class FlowerClients:
@@ -286,16 +298,25 @@ def _trained_federation(scenario: Scenario, history: TrainingHistory) -> Trained
                              history.final_state, history, CostCounter(), model)
 
 
-def train(clients: FlowerClients, settings: RunSettings, scenario: Scenario) -> tuple[State, dict]:
-    """``mode = "train"``: FedAvg over every client's SuperNode; save the history."""
+def train(clients: FlowerClients, settings: RunSettings, scenario: Scenario, out: Path) -> tuple[State, dict]:
+    """``mode = "train"``: FedAvg over every client's SuperNode; save the history.
+
+    If a round fails, the rounds recorded so far are saved to ``out/partial-history`` (no final
+    state, so no unlearning run accepts it) and ``history-path`` is left as it was.
+    """
     clients.discover(scenario.clients, settings.node_wait_s)
     init_state = scenario.task.get_state(scenario.task.build_model())
     history = TrainingHistory(init_state, scenario.config.record_every,
                               {"config": scenario.config.as_dict(), "scenario": scenario.name,
                                "seed": scenario.seed, "clients": sorted(scenario.clients), "engine": "flower"})
     counter = CostCounter()
-    state = flower_federation(clients, init_state, scenario.config, scenario.clients,
-                              range(scenario.config.rounds), counter, retained=False, history=history)
+    try:
+        state = flower_federation(clients, init_state, scenario.config, scenario.clients,
+                                  range(scenario.config.rounds), counter, retained=False, history=history)
+    except Exception as exc:
+        saved = history.save(out / PARTIAL_HISTORY, overwrite=True)
+        raise TrainingFailed(f"{exc}; the {len(history.rounds)} round(s) recorded before are saved "
+                             f"in {saved} (history-path is unchanged)", saved) from exc
     history.save(settings.path("history-path"), overwrite=True)
     return state, {"cost": counter.as_dict(), "history_path": str(settings.path("history-path"))}
 
@@ -329,11 +350,13 @@ def main(grid: Grid, context: Context) -> None:
                     "scenario": scenario.name, "config": scenario.config.as_dict()}
     try:
         if settings.mode == "train":
-            state, facts = train(clients, settings, scenario)
+            state, facts = train(clients, settings, scenario, out)
         else:
             state, facts = unlearn(clients, settings, scenario, out)
     except Exception as exc:
         result.update(status="failed", error=f"{type(exc).__name__}: {exc}", rounds=clients.log)
+        if isinstance(exc, TrainingFailed):
+            result["partial_history"] = str(exc.partial_history)
         _write_results(out, result)
         raise
     result.update(facts, status="finished", rounds=clients.log,

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fedunlearn.federated.task import State
-from fedunlearn.unlearning.requests import ForgetRequest
 from fedunlearn.unlearning.scenarios import Scenario, build_scenario
 
 #: Message type of the discovery request (Flower's ``MessageType.QUERY``).
@@ -103,23 +102,9 @@ class RunSettings:
 
     def build_scenario(self) -> Scenario:
         """The scenario both sides rebuild: restricted clients, overridden rounds and request."""
-        scenario = build_scenario(self.scenario, seed=self.seed)
-        if self.num_clients > 0:
-            if self.num_clients > len(scenario.clients):
-                raise ValueError(f"num-clients={self.num_clients} but {self.scenario!r} has "
-                                 f"{len(scenario.clients)} clients")
-            keep = sorted(scenario.clients)[: self.num_clients]
-            scenario.clients = {c: scenario.clients[c] for c in keep}
-        config = scenario.config
-        if self.rounds > 0:
-            config = replace(config, rounds=self.rounds)
-        if self.record_every > 0:
-            config = replace(config, record_every=self.record_every)
-        scenario.config = config
-        if self.forget_clients.strip():
-            ids = [int(c) for c in self.forget_clients.replace(" ", "").split(",") if c]
-            scenario.request = ForgetRequest.forget_clients(*ids)
-        return scenario
+        forget = tuple(int(c) for c in self.forget_clients.replace(" ", "").split(",") if c)
+        return build_scenario(self.scenario, seed=self.seed).restricted(
+            self.num_clients, self.rounds, self.record_every, forget)
 
     def path(self, name: str) -> Path:
         """``history-path`` or ``out-dir`` as an absolute path.
@@ -148,6 +133,18 @@ def partition_id(node_config: Mapping[str, Any]) -> int:
         raise ValueError("this SuperNode was started without --node-config 'partition-id=N'; "
                          f"its node config is {dict(node_config)}")
     return int(node_config["partition-id"])
+
+
+def torch_threads(node_config: Mapping[str, Any]) -> int:
+    """Torch threads of a ClientApp: node config ``torch-threads`` (default 1).
+
+    Raises:
+        ValueError: If it is not a positive integer.
+    """
+    threads = int(node_config.get("torch-threads", 1))
+    if threads < 1:
+        raise ValueError(f"node config torch-threads={threads}; it must be at least 1")
+    return threads
 
 
 def state_to_record(state: Mapping[str, torch.Tensor]):

@@ -62,8 +62,12 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def run_benchmark(scenario: str, methods: Sequence[str], seeds: int = 3, full: bool = False,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, num_clients: int = 0, rounds: int = 0) -> dict:
     """Run the benchmark and return its results as plain data (see module docstring).
+
+    ``num_clients`` and ``rounds`` shrink the scenario with
+    [`Scenario.restricted`][fedunlearn.unlearning.scenarios.Scenario.restricted] (0 = its own), as
+    the Flower app's run config does, so a small Flower run can be checked against this.
 
     Raises:
         KeyError: On an unknown scenario or method (the message lists the known names).
@@ -72,7 +76,7 @@ def run_benchmark(scenario: str, methods: Sequence[str], seeds: int = 3, full: b
     per_seed, timing = [], []
     bar = tqdm(total=seeds * (3 + len(instances)), desc=f"bench {scenario}", disable=not progress)
     for seed in range(seeds):
-        sc = build_scenario(scenario, seed, full)
+        sc = build_scenario(scenario, seed, full).restricted(num_clients, rounds)
         runs = {}
         for name, method in instances.items():
             every = method.record_every or sc.config.record_every
@@ -115,6 +119,7 @@ def run_benchmark(scenario: str, methods: Sequence[str], seeds: int = 3, full: b
         timing.append(times)
     bar.close()
     return {"scenario": scenario, "full": full, "seeds": seeds, "methods": list(methods),
+            "num_clients": num_clients, "rounds": rounds,
             "per_seed": per_seed, "aggregate": aggregate(per_seed, list(methods)), "timing": timing}
 
 
@@ -187,6 +192,10 @@ def markdown_table(result: dict) -> str:
     lines.append("")
     lines.append(f"Medians over {result['seeds']} seed(s); (gap to θ_r of the same seed, ✓ = within "
                  "max(tolerance, 2σ_r)); n.i. = not informative: θ_o is already within that band.")
+    if result.get("num_clients") or result.get("rounds"):
+        clients = result["num_clients"] or "all"
+        rounds = result["rounds"] or "the scenario's"
+        lines.append(f"Scenario shrunk: first {clients} clients, {rounds} rounds.")
     return "\n".join(lines)
 
 
@@ -228,6 +237,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated method names (known: {known})")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1), default 3")
     parser.add_argument("--full", action="store_true", help="the scenario's larger configuration")
+    parser.add_argument("--num-clients", type=int, default=0, metavar="K",
+                        help="keep only the scenario's first K clients (default 0: all); as the Flower app's num-clients")
+    parser.add_argument("--rounds", type=int, default=0, metavar="T",
+                        help="training rounds (default 0: the scenario's); as the Flower app's rounds")
     parser.add_argument("--out", type=Path, help="write the JSON results here (plus .md table and .png plot beside it)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--threads", type=int, default=1,
@@ -250,10 +263,18 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         print("fedunlearn bench: --seeds must be at least 1", file=sys.stderr)
         return 2
+    if args.num_clients < 0 or args.rounds < 0:
+        print("fedunlearn bench: --num-clients and --rounds must be 0 (the scenario's) or positive", file=sys.stderr)
+        return 2
     import torch
 
     torch.set_num_threads(max(1, args.threads))
-    result = run_benchmark(args.scenario, methods, args.seeds, args.full, progress=not args.no_progress)
+    try:
+        result = run_benchmark(args.scenario, methods, args.seeds, args.full, progress=not args.no_progress,
+                               num_clients=args.num_clients, rounds=args.rounds)
+    except ValueError as exc:  # a restriction the scenario does not allow
+        print(f"fedunlearn bench: {exc}", file=sys.stderr)
+        return 2
     table = markdown_table(result)
     print(table)
     if args.out:

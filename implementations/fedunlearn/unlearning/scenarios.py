@@ -27,7 +27,7 @@ from fedunlearn.federated.client import ClientData
 from fedunlearn.federated.loop import FederationConfig, derived_seed
 from fedunlearn.federated.task import ClassificationTask, Task
 from fedunlearn.models.mlp import DigitsMLP
-from fedunlearn.unlearning.requests import ForgetRequest
+from fedunlearn.unlearning.requests import ForgetRequest, validate
 
 
 @dataclass
@@ -62,6 +62,33 @@ class Scenario:
     records: dict[int, QARecord] = field(default_factory=dict)
     heldout_records: list[QARecord] = field(default_factory=list)
     server_inputs: dict[str, torch.Tensor] | None = None
+
+    def restricted(self, num_clients: int = 0, rounds: int = 0, record_every: int = 0,
+                   forget_clients: tuple[int, ...] = ()) -> Scenario:
+        """A smaller copy: the first ``num_clients`` clients, ``rounds`` rounds, another request.
+
+        Zero (or an empty tuple) keeps the scenario's own value. The Flower app and
+        ``fedunlearn bench --num-clients/--rounds`` both shrink scenarios this way, so a small
+        Flower run has an in-process twin.
+
+        Raises:
+            ValueError: If ``num_clients`` exceeds the scenario's clients.
+            ForgetRequestError: If the request does not fit the kept clients (e.g. names a client
+                that was cut).
+        """
+        clients = self.clients
+        if num_clients > 0:
+            if num_clients > len(clients):
+                raise ValueError(f"num-clients={num_clients} but {self.name!r} has {len(clients)} clients")
+            clients = {c: clients[c] for c in sorted(clients)[:num_clients]}
+        config = self.config
+        if rounds > 0:
+            config = replace(config, rounds=rounds)
+        if record_every > 0:
+            config = replace(config, record_every=record_every)
+        request = ForgetRequest.forget_clients(*forget_clients) if forget_clients else self.request
+        validate(request, clients)
+        return replace(self, clients=clients, config=config, request=request)
 
     def triggered_test(self) -> dict[str, torch.Tensor]:
         """Test images with the trigger, with their true labels (for the attack success rate)."""
