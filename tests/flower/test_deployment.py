@@ -30,6 +30,7 @@ pytest.importorskip("flwr", reason="Flower is not installed; pip install -e '.[f
 from safetensors.torch import load_file
 
 from fedunlearn.federated.history import TrainingHistory
+from fedunlearn.flower import APP_DIR
 from fedunlearn.flower.settings import RunSettings
 from fedunlearn.incremental.federaser import FedEraser
 from fedunlearn.unlearning.evaluate import evaluate
@@ -39,7 +40,6 @@ from fedunlearn.unlearning.controls import ContinueFedAvg, ContinueFedAvgConfig,
 
 pytestmark = pytest.mark.flower
 
-APP = Path(__file__).resolve().parents[2] / "implementations" / "fedunlearn" / "flower"
 BIN = Path(sys.executable).parent
 NUM_CLIENTS = 3
 ROUNDS = 2
@@ -132,7 +132,7 @@ class Deployment:
 
     def run(self, overrides: str) -> str:
         """Submit a run of the app; returns its run id."""
-        answer = self.flwr("run", str(APP), "local-deployment", "--run-config", overrides)
+        answer = self.flwr("run", str(APP_DIR), "local-deployment", "--run-config", overrides)
         assert answer.get("success") is True, answer  # flwr can exit 0 on failure
         return answer["run-id"]
 

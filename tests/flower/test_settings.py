@@ -8,13 +8,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedunlearn.flower import APP_DIR
 from fedunlearn.flower.settings import RunSettings, partition_id, record_to_state, state_to_record, torch_threads
 
-APP_CONFIG = Path(__file__).resolve().parents[2] / "implementations" / "fedunlearn" / "flower" / "pyproject.toml"
+APP_CONFIG = APP_DIR / "pyproject.toml"
 
 
 def app_run_config() -> dict:
     return tomllib.loads(APP_CONFIG.read_text())["tool"]["flwr"]["app"]["config"]
+
+
+def test_app_folder_names_the_package_apps():
+    app = tomllib.loads(APP_CONFIG.read_text())["tool"]["flwr"]["app"]["components"]
+    assert app == {"serverapp": "fedunlearn.flower.server_app:app",
+                   "clientapp": "fedunlearn.flower.client_app:app"}
+    packaged = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert "pyproject.toml" in packaged["tool"]["setuptools"]["package-data"]["fedunlearn.flower"]
 
 
 def test_app_defaults_are_the_dataclass_defaults():

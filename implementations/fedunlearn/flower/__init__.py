@@ -20,3 +20,9 @@ dict as [`run_federation`][fedunlearn.federated.loop.run_federation] (up to floa
 
 This package imports no Flower module itself; ``client_app`` and ``server_app`` do.
 """
+
+from pathlib import Path
+
+#: The Flower app folder to pass to ``flwr run`` (holds the app's ``pyproject.toml``); in a clone
+#: it is ``implementations/fedunlearn/flower``, in an installed package the same folder there.
+APP_DIR = Path(__file__).resolve().parent
