@@ -33,10 +33,10 @@ from fedunlearn.federated.history import TrainingHistory
 from fedunlearn.flower import APP_DIR
 from fedunlearn.flower.settings import RunSettings
 from fedunlearn.incremental.federaser import FedEraser
-from fedunlearn.unlearning.evaluate import evaluate
 from fedunlearn.unlearning.base import history_fingerprint, run_method, train_federation
 from fedunlearn.unlearning.bench import run_benchmark
 from fedunlearn.unlearning.controls import ContinueFedAvg, ContinueFedAvgConfig, Retrain
+from fedunlearn.unlearning.evaluate import evaluate
 
 pytestmark = pytest.mark.flower
 

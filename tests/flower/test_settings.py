@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from fedunlearn.flower import APP_DIR
-from fedunlearn.flower.settings import RunSettings, partition_id, record_to_state, state_to_record, torch_threads
+from fedunlearn.flower.settings import (
+    RunSettings,
+    partition_id,
+    record_to_state,
+    state_to_record,
+    torch_threads,
+)
 
 APP_CONFIG = APP_DIR / "pyproject.toml"
 

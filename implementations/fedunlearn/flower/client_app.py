@@ -2,9 +2,10 @@
 [`client_update`][fedunlearn.federated.loop.client_update].
 
 A SuperNode started with ``--node-config "partition-id=N"`` serves client ``N`` of the scenario
-named in the run config, which the ClientApp rebuilds from its seed. Its ClientApps use one torch
-thread unless the node config says otherwise (``"partition-id=N torch-threads=4"``): the embedded
-models are tiny, and several SuperNodes on one machine each taking every core slow each other down. It answers two messages:
+named in the run config, which the ClientApp rebuilds from its seed. It uses one torch thread
+unless the node config says otherwise (``"partition-id=N torch-threads=4"``): the embedded models
+are tiny, and SuperNodes sharing a machine that each take every core slow each other down. It
+answers two messages:
 
 - ``query``: its partition id and how many examples it holds, in all and after the forget request
   (``num-retained``), so the ServerApp can address clients by id and leave out the forgotten ones;
@@ -30,8 +31,13 @@ from flwr.clientapp import ClientApp
 from fedunlearn.federated.client import ClientData
 from fedunlearn.federated.costs import CostCounter
 from fedunlearn.federated.loop import client_update
-from fedunlearn.flower.settings import (RunSettings, partition_id, record_to_state, state_to_record,
-                                        torch_threads)
+from fedunlearn.flower.settings import (
+    RunSettings,
+    partition_id,
+    record_to_state,
+    state_to_record,
+    torch_threads,
+)
 from fedunlearn.unlearning.requests import split_clients
 from fedunlearn.unlearning.scenarios import Scenario
 

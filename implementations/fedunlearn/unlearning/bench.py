@@ -266,15 +266,16 @@ def run(args: argparse.Namespace) -> int:
     if args.num_clients < 0 or args.rounds < 0:
         print("fedunlearn bench: --num-clients and --rounds must be 0 (the scenario's) or positive", file=sys.stderr)
         return 2
+    try:  # a restriction the scenario does not allow fails here, before any training
+        build_scenario(args.scenario, 0, args.full).restricted(args.num_clients, args.rounds)
+    except ValueError as exc:
+        print(f"fedunlearn bench: {exc}", file=sys.stderr)
+        return 2
     import torch
 
     torch.set_num_threads(max(1, args.threads))
-    try:
-        result = run_benchmark(args.scenario, methods, args.seeds, args.full, progress=not args.no_progress,
-                               num_clients=args.num_clients, rounds=args.rounds)
-    except ValueError as exc:  # a restriction the scenario does not allow
-        print(f"fedunlearn bench: {exc}", file=sys.stderr)
-        return 2
+    result = run_benchmark(args.scenario, methods, args.seeds, args.full, progress=not args.no_progress,
+                           num_clients=args.num_clients, rounds=args.rounds)
     table = markdown_table(result)
     print(table)
     if args.out:
