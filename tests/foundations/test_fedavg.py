@@ -91,6 +91,14 @@ def test_update_and_difference_are_inverse() -> None:
         ([{"w": torch.ones(1)}, {"v": torch.ones(1)}], [1, 1], "different keys"),
     ],
 )
+def test_weighted_average_ignores_key_order() -> None:
+    a = {"w": torch.zeros(2), "b": torch.zeros(1)}
+    b = {"b": torch.full((1,), 4.0), "w": torch.full((2,), 2.0)}  # same keys, another order
+    averaged = weighted_average([a, b], [1, 1])
+    assert list(averaged) == ["w", "b"]
+    assert torch.equal(averaged["w"], torch.ones(2)) and torch.equal(averaged["b"], torch.full((1,), 2.0))
+
+
 def test_weighted_average_rejects_bad_input(states, weights, message) -> None:
     with pytest.raises(ValueError, match=message):
         weighted_average(states, weights)

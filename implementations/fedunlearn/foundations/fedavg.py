@@ -55,10 +55,11 @@ def weighted_average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequ
     total = float(sum(weights))
     if total <= 0 or any(w < 0 for w in weights):
         raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
-    keys = list(states[0])
+    keys = list(states[0])  # the result keeps the first state's key order
     for state in states[1:]:
-        if list(state) != keys:
-            raise ValueError("states to average have different keys")
+        if state.keys() != states[0].keys():
+            missing, extra = sorted(set(keys) - set(state)), sorted(set(state) - set(keys))
+            raise ValueError(f"states to average have different keys: missing {missing}, extra {extra}")
     averaged: State = {}
     for key in keys:
         reference = states[0][key]
