@@ -81,16 +81,6 @@ def test_update_and_difference_are_inverse() -> None:
     assert torch.equal(apply_update(before, delta)["w"], after["w"])
 
 
-@pytest.mark.parametrize(
-    ("states", "weights", "message"),
-    [
-        ([], [], "one weight per state"),
-        ([{"w": torch.ones(1)}], [1, 2], "one weight per state"),
-        ([{"w": torch.ones(1)}, {"w": torch.ones(1)}], [0, 0], "positive sum"),
-        ([{"w": torch.ones(1)}, {"w": torch.ones(1)}], [2, -1], "non-negative"),
-        ([{"w": torch.ones(1)}, {"v": torch.ones(1)}], [1, 1], "different keys"),
-    ],
-)
 def test_weighted_average_ignores_key_order() -> None:
     a = {"w": torch.zeros(2), "b": torch.zeros(1)}
     b = {"b": torch.full((1,), 4.0), "w": torch.full((2,), 2.0)}  # same keys, another order
@@ -99,6 +89,16 @@ def test_weighted_average_ignores_key_order() -> None:
     assert torch.equal(averaged["w"], torch.ones(2)) and torch.equal(averaged["b"], torch.full((1,), 2.0))
 
 
+@pytest.mark.parametrize(
+    ("states", "weights", "message"),
+    [
+        ([], [], "one weight per state"),
+        ([{"w": torch.ones(1)}], [1, 2], "one weight per state"),
+        ([{"w": torch.ones(1)}, {"w": torch.ones(1)}], [0, 0], "positive sum"),
+        ([{"w": torch.ones(1)}, {"w": torch.ones(1)}], [2, -1], "non-negative"),
+        ([{"w": torch.ones(1)}, {"v": torch.ones(1)}], [1, 1], r"different keys: missing \['w'\], extra \['v'\]"),
+    ],
+)
 def test_weighted_average_rejects_bad_input(states, weights, message) -> None:
     with pytest.raises(ValueError, match=message):
         weighted_average(states, weights)
