@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -186,19 +187,12 @@ def deployment(tmp_path_factory):
         assert not process_groups_alive(started.groups), "processes left behind"
 
 
-def clientapp_pids(group: int) -> set[int]:
-    """Live ``flwr-clientapp`` processes (one per message a SuperNode handles) in ``group``."""
-    pids = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-            fields = text[text.rindex(")") + 2 :].split()
-            if fields[0] != "Z" and int(fields[2]) == group and \
-                    b"flwr-clientapp" in (stat.parent / "cmdline").read_bytes():
-                pids.add(int(stat.parent.name))
-        except (OSError, ValueError):
-            continue
-    return pids
+def received_train_message(log: Path, run_id: str, round_index: int) -> bool:
+    """Whether a SuperNode's log shows it received round ``round_index``'s train message of run
+    ``run_id`` and started the ClientApp that trains it."""
+    text = log.read_text(errors="replace")
+    received = re.search(rf"\[RUN {run_id}, ROUND {round_index}\][^\n]*\n[^\n]*Receiving: train message", text)
+    return received is not None and "Start `flwr-clientapp` process" in text[received.end():]
 
 
 def result(directory: Path) -> dict:
@@ -323,7 +317,8 @@ def test_lora_language_model_on_flower(deployment, tmp_path):
 
 
 def test_supernode_killed_mid_round_fails_the_run(deployment, tmp_path):
-    """SIGKILL a SuperNode while it trains round 1: the run fails naming the client and round,
+    """SIGKILL a SuperNode once it has received round 1's train message and started the ClientApp
+    for it (its log says so): the run fails naming the client and round,
     the history saved earlier is untouched and the rounds recorded before are readable.
 
     Runs last: the killed SuperNode stays down (Flower lists it until its heartbeat expires).
@@ -336,14 +331,12 @@ def test_supernode_killed_mid_round_fails_the_run(deployment, tmp_path):
     fingerprint = history_fingerprint(TrainingHistory.load(history_path))
 
     run_id = deployment.run(f'{shape} history-path="{history_path}" out-dir="{out}" round-timeout-s=20')
-    group = deployment.processes["supernode-1"].pid
-    seen: set[int] = set()  # ClientApp processes of supernode-1: discovery, round 0, round 1
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    while len(seen) < 3:
+    while not received_train_message(deployment.root / "supernode-1.log", run_id, 1):
         assert time.monotonic() < deadline, f"supernode-1 never started round 1; logs in {deployment.root}"
-        seen |= clientapp_pids(group)
-        time.sleep(0.05)
-    os.killpg(group, signal.SIGKILL)  # the whole SuperNode, its SuperExec and the running ClientApp
+        time.sleep(0.1)
+    # the whole SuperNode, its SuperExec and the ClientApp training round 1
+    os.killpg(deployment.processes["supernode-1"].pid, signal.SIGKILL)
     deployment.processes["supernode-1"].wait(timeout=10)
 
     assert deployment.wait(run_id).startswith("finished:fail")
