@@ -137,6 +137,12 @@ class Deployment:
         assert answer.get("success") is True, answer  # flwr can exit 0 on failure
         return answer["run-id"]
 
+    def log(self, run_id: str) -> str:
+        """The ServerApp's log of a run (``flwr log --show``)."""
+        done = subprocess.run(["flwr", "log", run_id, "local-deployment", "--show"], env=self.env,
+                              capture_output=True, text=True, timeout=60, check=False)
+        return done.stdout + done.stderr
+
     def wait(self, run_id: str, timeout: float = RUN_TIMEOUT_S) -> str:
         """Poll ``flwr ls`` until the run finished; returns its status (``finished:...``)."""
         deadline = time.monotonic() + timeout
@@ -226,6 +232,8 @@ def test_train_then_retrain_on_flower(deployment, tmp_path):
 
     trained = result(out / "train")
     assert trained["status"] == "finished"
+    server_log = deployment.log(train_run)
+    assert "round 1: updates from clients [0, 1, 2]" in server_log and "train run finished" in server_log
     history = TrainingHistory.load(history_path)
     assert [r.participants for r in history.rounds] == [[0, 1, 2]] * ROUNDS
     assert history.final_state is not None
@@ -343,6 +351,7 @@ def test_supernode_killed_mid_round_fails_the_run(deployment, tmp_path):
     failed = result(out / "train")
     assert failed["status"] == "failed"
     assert "round 1" in failed["error"] and "client 1" in failed["error"], failed["error"]
+    assert "train run failed: TrainingFailed: round 1" in deployment.log(run_id)
     assert history_fingerprint(TrainingHistory.load(history_path)) == fingerprint
     partial = TrainingHistory.load(failed["partial_history"])
     assert [r.round_index for r in partial.rounds] == [0] and partial.final_state is None

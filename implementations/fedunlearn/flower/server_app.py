@@ -37,11 +37,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from logging import ERROR, INFO
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 from safetensors.torch import save_file
 
@@ -120,6 +122,7 @@ class FlowerClients:
                                    + "".join(f"; {problem}" for problem in self.problems))
             else:
                 time.sleep(1.0)
+        log(INFO, "fedunlearn: SuperNodes serve clients %s", sorted(self.node_of))
 
     def _exchange(self, messages: Sequence[Message], what: str, tolerate: bool = False) -> list[Message]:
         """Send, wait at most ``round_timeout_s``, return the good replies.
@@ -189,6 +192,9 @@ class FlowerClients:
             counter.bytes_up += state_bytes(updates[cid])
             counter.client_rounds += 1
         self.log.append({"round": int(round_index), "participants": list(participants), "retained": retained})
+        steps = sum(int(replies[c].content["metrics"]["client-steps"]) for c in participants)
+        log(INFO, "fedunlearn: round %d: updates from clients %s (%d local steps%s)", round_index,
+            list(participants), steps, ", retained data only" if retained else "")
         return updates, counts
 
 
@@ -358,8 +364,11 @@ def main(grid: Grid, context: Context) -> None:
         if isinstance(exc, TrainingFailed):
             result["partial_history"] = str(exc.partial_history)
         _write_results(out, result)
+        log(ERROR, "fedunlearn: %s run failed: %s (written to %s)", settings.mode, result["error"], out)
         raise
     result.update(facts, status="finished", rounds=clients.log,
                   partitions={str(c): n for c, n in sorted(clients.num_examples.items())},
                   metrics=evaluate(scenario, state))
     _write_results(out, result, state)
+    log(INFO, "fedunlearn: %s run finished; metrics %s; results in %s", settings.mode,
+        {k: round(v, 4) for k, v in result["metrics"].items()}, out)
