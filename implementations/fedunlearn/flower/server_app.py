@@ -37,8 +37,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from logging import ERROR, INFO
 from collections.abc import Iterable, Mapping, Sequence
+from logging import ERROR, INFO
 from pathlib import Path
 
 import torch
@@ -183,16 +183,17 @@ class FlowerClients:
                    for r in self._exchange(messages, f"round {round_index}")}
         updates: dict[int, State] = {}
         counts: dict[int, int] = {}
+        steps = 0
         for cid in participants:
             counter.bytes_down += state_bytes(state)
             update = record_to_state(replies[cid].content["update"])
             updates[cid] = {key: update[key] for key in state}  # the key order of the sent state
             counts[cid] = int(replies[cid].content["metrics"]["num-examples"])
-            counter.client_steps += int(replies[cid].content["metrics"]["client-steps"])
+            steps += int(replies[cid].content["metrics"]["client-steps"])
             counter.bytes_up += state_bytes(updates[cid])
             counter.client_rounds += 1
+        counter.client_steps += steps
         self.log.append({"round": int(round_index), "participants": list(participants), "retained": retained})
-        steps = sum(int(replies[c].content["metrics"]["client-steps"]) for c in participants)
         log(INFO, "fedunlearn: round %d: updates from clients %s (%d local steps%s)", round_index,
             list(participants), steps, ", retained data only" if retained else "")
         return updates, counts
