@@ -1,24 +1,24 @@
 """How much of a federated round is the loop itself, rather than client training?
 
-Runs the shared loop ([`run_federation`][fedunlearn.federated.loop.run_federation]) unchanged on
-two scenarios and splits its wall time into
+Runs the one round loop ([`run_rounds`][fedunlearn.federated.loop.run_rounds]) with the
+in-process client pool, unchanged, on two scenarios and splits its wall time into
 
-- **client training**: time inside ``client_update`` (local SGD, including loading the global
-  state into the model and extracting the update), measured by wrapping the function the loop
-  calls;
-- **aggregation**: time inside ``server_aggregate`` (FedAvg);
+- **client training**: time inside the pool's clients (``client_update``: local SGD, including
+  loading the global state into the model and extracting the update), measured by wrapping the
+  pool's per-round dispatch;
+- **aggregation**: time inside ``aggregate`` (FedAvg);
 - **history**: time inside ``TrainingHistory.record_round`` (cloning the global state and every
   update, recorded every round here: the most expensive setting);
-- **other loop work**: the rest of the loop's wall time (client sampling, byte counting, state
-  copies, Python bookkeeping).
+- **other loop work**: the rest of the loop's wall time (client sampling, the pool's cost
+  counting, state copies, Python bookkeeping).
 
 Overhead = (aggregation + history + other) / total. The goal is below 5% for the language-model
 scenario, where client training is what the experiment is about.
 
-Scenarios: ``llm`` (the tiny Llama-style model with LoRA adapters on fictitious people's
-records, ``fedunlearn.foundations.fedit``, with that module's federation defaults) and ``digits``
-(the 64-unit MLP on scikit-learn digits, 10 IID clients). The LLM's base model is built before
-timing starts (it is pretrained once and cached, see ``fedunlearn.models.tiny_lm``).
+Scenarios: ``llm`` (``profiles-client``: the tiny Llama-style model with LoRA adapters on
+fictitious people's records) and ``digits`` (``digits-backdoor``: the 64-unit MLP on scikit-learn
+digits, 10 IID clients). The LLM's base model is built before timing starts (it is pretrained once
+and cached, see ``fedunlearn.models.tiny_lm``).
 
 Usage::
 
@@ -39,67 +39,39 @@ from dataclasses import dataclass, replace
 import torch
 
 from fedunlearn.federated import loop
-from fedunlearn.federated.client import ClientData
 from fedunlearn.federated.costs import CostCounter
 from fedunlearn.federated.history import TrainingHistory
-from fedunlearn.federated.loop import FederationConfig
+from fedunlearn.federated.pool import InProcessPool
 from fedunlearn.federated.task import Task
-
-#: The digits scenario's federation (FedAvg, one local epoch, as the unlearning scenarios use).
-DIGITS_CONFIG = FederationConfig(local_epochs=1, batch_size=16, lr=0.1, momentum=0.5)
+from fedunlearn.federated.training import FederationConfig
+from fedunlearn.unlearning.scenarios import build_scenario
 
 
 @dataclass
 class Setup:
-    """One scenario ready to run: task, clients, initial state, a built model, config."""
+    """One scenario ready to run: task, pool, initial state, config."""
 
     name: str
     task: Task
-    clients: dict[int, ClientData]
+    pool: InProcessPool
     init_state: dict[str, torch.Tensor]
-    model: torch.nn.Module
     config: FederationConfig
 
 
-def llm_setup(rounds: int, seed: int) -> Setup:
-    """LoRA on the tiny LM, people spread over clients by owner (fedit defaults)."""
-    from fedunlearn.foundations import fedit
+def scenario_setup(label: str, scenario: str) -> Callable[[int, int], Setup]:
+    """A setup builder for a shipped scenario (history recorded every round)."""
 
-    task = fedit.LoraCausalLMTask(init_seed=seed)
-    federation = fedit.profile_clients(task, seed=seed)
-    config = fedit.PROFILES_FEDERATION
-    model = task.build_model()
-    return Setup(
-        "llm",
-        task,
-        federation.clients,
-        task.get_state(model),
-        model,
-        replace(config, rounds=rounds, seed=seed, record_every=1),
-    )
+    def build(rounds: int, seed: int) -> Setup:
+        sc = build_scenario(scenario, seed)
+        model = sc.task.build_model()
+        return Setup(label, sc.task, sc.pool(model), sc.task.get_state(model),
+                     replace(sc.config, rounds=rounds, record_every=1))
+
+    return build
 
 
-def digits_setup(rounds: int, seed: int) -> Setup:
-    """The digits MLP on 10 IID clients."""
-    from fedunlearn.data.digits import load_split
-    from fedunlearn.data.federated_digits import digits_clients
-    from fedunlearn.federated.task import ClassificationTask
-    from fedunlearn.models.mlp import DigitsMLP
-
-    task = ClassificationTask(DigitsMLP, init_seed=seed)
-    clients = digits_clients(load_split(seed), "iid", 10, seed)
-    model = task.build_model()
-    return Setup(
-        "digits",
-        task,
-        clients,
-        task.get_state(model),
-        model,
-        replace(DIGITS_CONFIG, rounds=rounds, seed=seed, record_every=1),
-    )
-
-
-SETUPS: dict[str, Callable[[int, int], Setup]] = {"llm": llm_setup, "digits": digits_setup}
+SETUPS: dict[str, Callable[[int, int], Setup]] = {"llm": scenario_setup("llm", "profiles-client"),
+                                                   "digits": scenario_setup("digits", "digits-backdoor")}
 
 
 @contextmanager
@@ -131,21 +103,14 @@ def measure(setup: Setup) -> dict:
     counter = CostCounter()
     history = TrainingHistory(setup.init_state, record_every=1)
     with (
-        timing(loop, "client_update", totals, "client"),
-        timing(loop, "server_aggregate", totals, "aggregate"),
+        timing(setup.pool, "_train", totals, "client"),
+        timing(loop, "aggregate", totals, "aggregate"),
         timing(history, "record_round", totals, "history"),
         timing(setup.task, "set_state", totals, "state_io"),
         timing(setup.task, "get_state", totals, "state_io"),
     ):
-        loop.run_federation(
-            setup.task,
-            setup.clients,
-            setup.init_state,
-            setup.config,
-            model=setup.model,
-            counter=counter,
-            history=history,
-        )
+        loop.run_rounds(setup.pool, setup.init_state, setup.config, range(setup.config.rounds),
+                        counter=counter, history=history)
     total = counter.wall_time_s
     overhead = total - totals["client"]
     rounds = setup.config.rounds

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import bibtexparser
 import pytest
+
 from fedunlearn import catalog, cli
 
 

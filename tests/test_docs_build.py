@@ -1,6 +1,7 @@
 """The documentation site builds offline with ``mkdocs build --strict``, notebooks executed.
 
-One build (a few minutes: it executes every notebook at smoke size) serves all the tests below.
+One build (a few minutes on a fresh cache: it executes every notebook at smoke size, in parallel)
+serves the tests below; a second build with nothing changed must execute no notebook.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from fedunlearn import catalog, references
 
 pytestmark = pytest.mark.slow
@@ -24,9 +26,7 @@ ENTRIES = catalog.discover(strict=False)[0]
 KERNEL_TCP_NOTICE = "[IPKernelApp] WARNING | Kernel is running over TCP without encryption"
 
 
-@pytest.fixture(scope="module")
-def build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    site = tmp_path_factory.mktemp("site")
+def mkdocs_build(site: Path) -> str:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "DISABLE_MKDOCS_2_WARNING": "true"}
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
@@ -39,7 +39,19 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-8000:]
-    return site, log
+    return log
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    site = tmp_path_factory.mktemp("site")
+    return site, mkdocs_build(site)
+
+
+def test_a_rebuild_with_nothing_changed_executes_no_notebook(build, tmp_path) -> None:
+    count = len(list((REPO / "notebooks").glob("*/*.py")))
+    log = mkdocs_build(tmp_path / "again")
+    assert f"notebooks: {count} of {count} unchanged (cached); executing 0" in log
 
 
 def test_no_warnings(build: tuple[Path, str]) -> None:
@@ -99,6 +111,17 @@ def test_entry_notebook_rendered_with_outputs(
     assert "jp-OutputArea-output" in text, "the notebook shows no executed output"
     assert "<summary>Cite this</summary>" in text
     assert (page.parent / f"{entry.slug}.py").is_file()  # the source, for download
+    stderr_output = re.search(r'<div[^>]*data-mime-type="application/vnd.jupyter.stderr"', text)
+    assert stderr_output is None, "stderr output published on the page"
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.slug)
+def test_entry_page_numbers_come_from_its_notebook(build: tuple[Path, str], entry: catalog.Entry) -> None:
+    site, _ = build
+    text = (site / "entries" / entry.family / entry.slug / "index.html").read_text(encoding="utf-8")
+    assert not re.search(r"\{\{\s*(results|generated)\.", text), "a placeholder was left unfilled"
+    source = (REPO / "docs" / entry.page).read_text(encoding="utf-8")
+    assert "{{ results." in source, "the page shows no reproduced result from its notebook"
 
 
 def test_offline_assets_only(build: tuple[Path, str]) -> None:

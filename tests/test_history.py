@@ -11,8 +11,10 @@ from torch import nn
 
 from fedunlearn.federated.client import ClientData
 from fedunlearn.federated.history import HistoryError, TrainingHistory
-from fedunlearn.federated.loop import FederationConfig, run_federation
+from fedunlearn.federated.loop import run_rounds
+from fedunlearn.federated.pool import InProcessPool
 from fedunlearn.federated.task import ClassificationTask
+from fedunlearn.federated.training import FederationConfig
 
 
 def train_history(record_every: int = 1, rounds: int = 4) -> TrainingHistory:
@@ -36,7 +38,7 @@ def train_history(record_every: int = 1, rounds: int = 4) -> TrainingHistory:
     history = TrainingHistory(
         init, record_every, metadata={"scenario": "toy", "config": config.as_dict()}
     )
-    run_federation(task, clients, init, config, history=history)
+    run_rounds(InProcessPool(task, clients), init, config, range(rounds), history=history)
     return history
 
 
@@ -235,3 +237,14 @@ def test_rounds_must_be_recorded_consecutively() -> None:
     history.record_round(0, {"w": torch.zeros(1)}, {0: {"w": torch.ones(1)}}, {0: 1})
     with pytest.raises(HistoryError, match="round 2 recorded after round 0"):
         history.record_round(2, {"w": torch.zeros(1)}, {0: {"w": torch.ones(1)}}, {0: 1})
+
+
+def test_a_history_kept_every_round_stands_for_any_interval() -> None:
+    """Recording does not change training: thinning the every-round history gives exactly the
+    history that recording every 2 rounds keeps."""
+    every_round, every_second = train_history(1), train_history(2)
+    thinned = every_round.thinned(2)
+    assert_same_history(thinned, every_second)
+    assert thinned.recorded_bytes() == every_second.recorded_bytes() < every_round.recorded_bytes()
+    with pytest.raises(HistoryError, match="cannot stand for record_every=3"):
+        every_second.thinned(3)

@@ -1,4 +1,5 @@
-"""The federated loop: determinism, client sampling, cost counters and the recorded history."""
+"""The round loop and the in-process pool: determinism, sampling, cost counters, the recorded
+history, stopping, and plans (data selection, objectives, schedules)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,21 @@ import pytest
 import torch
 from torch import nn
 
+from fedunlearn.federated.aggregation import fedavg
 from fedunlearn.federated.client import ClientData
 from fedunlearn.federated.costs import CostCounter, state_bytes
 from fedunlearn.federated.history import TrainingHistory
-from fedunlearn.federated.loop import (
+from fedunlearn.federated.loop import run_rounds, sample_clients
+from fedunlearn.federated.pool import InProcessPool
+from fedunlearn.federated.requests import ForgetRequest
+from fedunlearn.federated.task import ClassificationTask
+from fedunlearn.federated.training import (
     FederationConfig,
+    LocalPlan,
     client_update,
     local_step_count,
     minibatch_order,
-    run_federation,
-    sample_clients,
 )
-from fedunlearn.federated.task import ClassificationTask
-from fedunlearn.foundations.fedavg import fedavg_aggregate
 
 SIZES = {0: 5, 1: 8, 2: 13}  # unequal on purpose
 
@@ -46,6 +49,12 @@ def init_state(task: ClassificationTask) -> dict[str, torch.Tensor]:
 
 def states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def run_federation(task, clients, init_state, config, *, rounds=None, start_state=None, **kwargs):
+    """FedAvg rounds over ``clients`` in process (the pattern every caller of the loop follows)."""
+    return run_rounds(InProcessPool(task, clients), start_state if start_state is not None else init_state,
+                      config, rounds if rounds is not None else range(config.rounds), **kwargs)
 
 
 # --------------------------------------------------------------------------- determinism
@@ -159,9 +168,9 @@ def test_empty_client_is_an_error(task, init_state) -> None:
         {"x": torch.zeros(0, 4), "y": torch.zeros(0, dtype=torch.long)},
         torch.zeros(0, dtype=torch.long),
     )
-    with pytest.raises(ValueError, match="client 5 holds no examples"):
+    with pytest.raises(ValueError, match="client 5 has no example to train on"):
         client_update(
-            task, task.build_model(), init_state, empty, FederationConfig(), 0, CostCounter()
+            task, task.build_model(), init_state, empty, FederationConfig(), 0, LocalPlan(), CostCounter()
         )
 
 
@@ -187,9 +196,122 @@ def test_history_records_every_round_and_replays_the_aggregation(task, init_stat
     for r, record in enumerate(history.rounds):
         assert record.participants == sample_clients(SIZES, 2, 2, r)
         assert record.sample_counts == {c: SIZES[c] for c in record.participants}
-        after = fedavg_aggregate(record.global_state, record.client_updates, record.sample_counts)
+        after = fedavg(record.global_state, record.client_updates, record.sample_counts)
         following = history.rounds[r + 1].global_state if r < 2 else history.final_state
         assert states_equal(after, following)
     assert states_equal(history.final_state, final)
     # every round kept: one global state plus two updates of 60 bytes each
     assert counter.history_bytes == 3 * (60 + 2 * 60)
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+def test_stop_ends_the_loop_after_the_first_true_round(task, init_state) -> None:
+    config = FederationConfig(rounds=6, batch_size=4)
+    seen, counter = [], CostCounter()
+    final = run_federation(task, make_clients(), init_state, config, counter=counter,
+                           on_round=lambda r, state: seen.append(r), stop=lambda r, state: r == 2)
+    assert seen == [0, 1, 2]
+    assert counter.client_rounds == 3 * len(SIZES)
+    assert states_equal(final, run_federation(task, make_clients(), init_state, config, rounds=range(3)))
+
+
+# --------------------------------------------------------------------------- plans
+
+
+def owner_clients() -> dict[int, ClientData]:
+    """Three clients whose records 0..25 carry class labels (for class and record requests)."""
+    clients = make_clients()
+    return {cid: ClientData(cid, d.tensors, d.record_ids, class_labels=d.tensors["y"].clone())
+            for cid, d in clients.items()}
+
+
+def test_plan_selects_retained_forgotten_or_all_with_a_forget_column() -> None:
+    data = owner_clients()[1]
+    request = ForgetRequest.forget_class(int(data.tensors["y"][0]))
+    mask = data.tensors["y"] == request.label
+    assert LocalPlan("retained", request).select(data).num_samples == int((~mask).sum())
+    assert LocalPlan("forgotten", request).select(data).num_samples == int(mask.sum())
+    everything = LocalPlan("all", request).select(data)
+    assert everything.num_samples == data.num_samples
+    assert torch.equal(everything.tensors["forget"], mask)
+    with pytest.raises(ValueError, match="needs a forget request"):
+        LocalPlan("retained")
+    with pytest.raises(ValueError, match="'all', 'retained' or 'forgotten'"):
+        LocalPlan("some")
+
+
+def test_retained_plan_trains_on_kept_examples_and_weights_by_them(task, init_state) -> None:
+    clients = owner_clients()
+    request = ForgetRequest.forget_records(range(0, 26, 2))  # every even record id
+    pool = InProcessPool(task, clients)
+    plan = LocalPlan("retained", request)
+    counts = pool.sample_counts(plan)
+    assert counts == {cid: int((d.record_ids % 2 == 1).sum()) for cid, d in clients.items()}
+    updates, weights = pool.train(init_state, [0, 1, 2], 0, FederationConfig(batch_size=4), plan, CostCounter())
+    assert weights == counts
+    # the same update as a client holding only its odd records
+    kept = {cid: d.select(d.record_ids % 2 == 1) for cid, d in clients.items()}
+    direct, _ = InProcessPool(task, kept).train(init_state, [0, 1, 2], 0, FederationConfig(batch_size=4),
+                                                LocalPlan(), CostCounter())
+    assert all(states_equal(updates[c], direct[c]) for c in updates)
+
+
+def test_plan_schedule_overrides_epochs_steps_optimizer_and_lr() -> None:
+    config = FederationConfig(local_epochs=2, local_steps=7, lr=0.1, optimizer="sgd")
+    schedule = LocalPlan(local_epochs=0.5, optimizer="adam", lr=0.01).schedule(config)
+    assert (schedule.local_epochs, schedule.local_steps, schedule.optimizer, schedule.lr) == (0.5, 0, "adam", 0.01)
+    assert local_step_count(40, replace_batch(schedule, 10)) == 2  # half of 4 batches
+    assert LocalPlan(local_steps=3).schedule(config).local_steps == 3
+    assert LocalPlan().schedule(config) == config
+
+
+def replace_batch(config: FederationConfig, batch_size: int) -> FederationConfig:
+    return FederationConfig(**{**config.as_dict(), "batch_size": batch_size})
+
+
+def test_plan_round_trips_through_plain_config() -> None:
+    from fedunlearn.federated.objectives import ProjectedAscent
+
+    reference = {"w": torch.ones(2)}
+    plan = LocalPlan("forgotten", ForgetRequest.forget_clients(2), objective=ProjectedAscent(radius=0.5),
+                     local_steps=4, optimizer="adam", lr=0.02, optimizer_options=(("beta", 0.5),),
+                     states={"reference": reference})
+    values = plan.to_config()
+    assert all(isinstance(v, (str, int, float, bool, list)) for v in values.values())
+    again = LocalPlan.from_config(values, {"reference": reference})
+    assert again == plan
+    assert again.objective == ProjectedAscent(radius=0.5)
+
+
+def test_plan_states_are_counted_as_bytes_down(task, init_state) -> None:
+    from fedunlearn.federated.objectives import NegativePreference
+
+    pool, counter = InProcessPool(task, make_clients()), CostCounter()
+    plan = LocalPlan(objective=NegativePreference(beta=0.1), states={"reference": init_state})
+    pool.train(init_state, [0, 1], 0, FederationConfig(batch_size=4), plan, counter)
+    assert counter.bytes_down == 2 * (60 + 60)  # the state and the reference, to each participant
+    assert counter.bytes_up == 2 * 60
+
+
+def test_pool_evaluate_is_the_sample_weighted_mean_loss(task, init_state) -> None:
+    clients = make_clients()
+    model = task.build_model()
+    task.set_state(model, init_state)
+    with torch.no_grad():
+        losses = torch.cat([task.per_example_loss(model, d.tensors) for d in clients.values()])
+    counter = CostCounter()
+    value = InProcessPool(task, clients).evaluate(init_state, [0, 1, 2], LocalPlan(), counter)
+    assert value == pytest.approx(float(losses.mean()), rel=1e-6)
+    assert counter.bytes_down == 3 * 60 and counter.client_steps == 0
+
+
+def test_the_aggregation_rule_comes_from_the_config(task, init_state) -> None:
+    config = FederationConfig(rounds=1, batch_size=4, aggregation="median")
+    history = TrainingHistory(init_state)
+    final = run_federation(task, make_clients(), init_state, config, history=history)
+    record = history.rounds[0]
+    stacked = {k: torch.stack([record.client_updates[c][k] for c in (0, 1, 2)]) for k in init_state}
+    for key, value in init_state.items():
+        assert torch.allclose(final[key], value + stacked[key].median(dim=0).values, atol=1e-7)

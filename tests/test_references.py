@@ -6,6 +6,7 @@ from pathlib import Path
 
 import bibtexparser
 import pytest
+
 from fedunlearn import catalog, references
 
 GOOD = """@inproceedings{{{key},

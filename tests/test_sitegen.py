@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import bibtexparser
+
 from fedunlearn import catalog, references, sitegen
 
 ENTRY = catalog.Entry(
@@ -31,14 +32,14 @@ def test_entry_card_links_the_other_places() -> None:
         PAGE,
         "bibliography.md",
         "taxonomy.md",
-        ENTRY.notebook,
+        sitegen.notebook_page(ENTRY.notebook),
         sitegen.api_page(ENTRY.implementation),
     }
     card = sitegen.entry_card_markdown(ENTRY, PAGE, existing)
     assert card.startswith('!!! info "Entry card"')
     assert "(../../bibliography.md#liu2021federaser)" in card
     assert "(../../taxonomy.md#incremental)" in card
-    assert "(../../notebooks/incremental/federaser.py)" in card
+    assert "(../../notebooks/incremental/federaser.ipynb)" in card
     assert "(../../api/fedunlearn.incremental.federaser.md)" in card
     assert "`implementations/fedunlearn/incremental/federaser.py`" in card
     assert "`tests/incremental/test_federaser.py`" in card
@@ -89,3 +90,9 @@ def test_api_modules_cover_the_package() -> None:
     modules = sitegen.api_modules()
     assert {"fedunlearn", "fedunlearn.catalog", "fedunlearn.references"} <= set(modules)
     assert "fedunlearn.__main__" not in modules
+
+
+def test_notebook_pages_and_downloads_sit_under_notebooks() -> None:
+    assert sitegen.notebook_page("notebooks/incremental/federaser.py") == "notebooks/incremental/federaser.ipynb"
+    assert sitegen.notebook_download("notebooks/incremental/federaser.py") == (
+        "notebooks/incremental/federaser/federaser.py")

@@ -4,11 +4,13 @@ What this hook adds to the build (all derived from the catalog and ``references/
 
 - ``taxonomy.md`` and ``bibliography.md``;
 - ``api/<module>.md``: one mkdocstrings page per module of the package;
-- ``notebooks/<family>/<slug>.py``: every jupytext notebook of the repository's ``notebooks/``,
-  placed under the docs tree (backed by the real file, not a copy) so that mkdocs-jupyter
-  renders and executes it;
-- on every page whose front matter says ``entry: <slug>``: an entry card after the title and a
-  collapsed "Cite this" BibTeX block at the end;
+- ``notebooks/<family>/<slug>.ipynb``: every jupytext notebook of the repository's ``notebooks/``,
+  executed by [`notebook_runner`][fedunlearn.notebook_runner] (in parallel, reused while its
+  inputs are unchanged) and rendered by mkdocs-jupyter; its source is published beside the page
+  for download;
+- on every page whose front matter says ``entry: <slug>``: an entry card after the title, every
+  ``{{ results.NAME }}`` replaced by what the entry's notebook saved, and a collapsed "Cite this"
+  BibTeX block at the end;
 - on every notebook page: a line linking back to its entry, the same cite block, and the removal
   of nbconvert's CDN script tags (MathJax 2, mermaid), since the site is served offline;
 - in ``nav``: the sections whose value is ``entries/``, ``notebooks/`` or ``api/`` are expanded
@@ -23,15 +25,18 @@ from __future__ import annotations
 import html
 import logging
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import markdown as markdown_lib
-from fedunlearn import catalog, references, sitegen
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
 from mkdocs.utils import get_relative_url
+
+from fedunlearn import catalog, notebook_runner, references, results, sitegen
 
 log = logging.getLogger("mkdocs.plugins.fedunlearn_site")
 
@@ -112,7 +117,7 @@ def _expand_nav(items: list, config: MkDocsConfig, repo: Path) -> list:
             value = _family_sections(pages)
         elif value == "notebooks/":
             by_slug = _entry_by_slug()
-            paths = [p.relative_to(repo).as_posix() for p in _notebook_sources(repo)]
+            paths = [sitegen.notebook_page(p.relative_to(repo).as_posix()) for p in _notebook_sources(repo)]
             titles = {
                 path: by_slug[Path(path).stem].title for path in paths if Path(path).stem in by_slug
             }
@@ -151,18 +156,7 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
                 config, sitegen.api_page(module), content=sitegen.api_page_markdown(module)
             )
         )
-    for source in _notebook_sources(repo):
-        # A File whose source folder is the repository root: docs path notebooks/<f>/<s>.py is
-        # the real notebook, not a copy. (mkdocs-jupyter wraps files in a way that loses the
-        # abs_src_path of File.generated, hence a plain File.)
-        files.append(
-            File(
-                source.relative_to(repo).as_posix(),
-                src_dir=str(repo),
-                dest_dir=config.site_dir,
-                use_directory_urls=config.use_directory_urls,
-            )
-        )
+    _add_notebooks(files, config, repo)
     entries = _entries()
     library_root = repo / "references"
     cited = {f"entry {e.slug}": list(e.citation_keys) for e in entries}
@@ -186,6 +180,29 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
     return files
 
 
+def _add_notebooks(files: Files, config: MkDocsConfig, repo: Path) -> None:
+    """Execute (or reuse) every notebook; add its executed page, its source and its results."""
+    sources = _notebook_sources(repo)
+    try:
+        executed = notebook_runner.execute_all(sources, report=log.info)
+    except RuntimeError as exc:
+        log.warning("%s", exc)
+        return
+    staging = Path(tempfile.mkdtemp(prefix="fedunlearn-notebooks-"))
+    _state["results"] = {}
+    for run in executed:
+        relative = run.source.relative_to(repo).as_posix()
+        page = sitegen.notebook_page(relative)
+        target = staging / page
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run.notebook, target)
+        files.append(File(page, src_dir=str(staging), dest_dir=config.site_dir,
+                          use_directory_urls=config.use_directory_urls))
+        files.append(File.generated(config, sitegen.notebook_download(relative), abs_src_path=str(run.source)))
+        if run.results.is_dir():
+            _state["results"][run.source.stem] = run.results
+
+
 # --------------------------------------------------------------------------- pages
 
 
@@ -198,7 +215,12 @@ def _cite_markdown(entry: catalog.Entry, config: MkDocsConfig) -> str:
 
 
 def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> str:
-    """Add the entry card and the cite block to pages with ``entry: <slug>`` front matter."""
+    """Fill generated snippets; add the entry card, results and cite block to entry pages."""
+    if sitegen.GENERATED.search(markdown):
+        try:
+            markdown = sitegen.render_generated(markdown, _entries(), page.file.src_uri, _state.get("existing", set()))
+        except KeyError as exc:
+            log.warning("%s", exc.args[0])
     slug = page.meta.get("entry")
     if not slug:
         return markdown
@@ -210,6 +232,14 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
         return markdown
     card = sitegen.entry_card_markdown(entry, page.file.src_uri, _state.get("existing", set()))
     markdown = sitegen.insert_after_title(markdown, card)
+    if results.PLACEHOLDER.search(markdown):
+        try:
+            directory = _state.get("results", {}).get(entry.slug)
+            if directory is None:
+                raise results.ResultsError(f"the notebook of entry {entry.slug} saved no results")
+            markdown = results.render(markdown, results.load(entry.slug, directory), f"docs/{page.file.src_uri}")
+        except results.ResultsError as exc:
+            log.warning("%s", exc)
     cite = _cite_markdown(entry, config)
     return f"{markdown.rstrip()}\n\n{cite}" if cite else markdown
 
@@ -222,7 +252,7 @@ _CDN_BLOCKS = (
 
 def _notebook_entry(page: Page) -> catalog.Entry | None:
     uri = page.file.src_uri
-    if not (uri.startswith("notebooks/") and uri.endswith(".py")):
+    if not (uri.startswith("notebooks/") and uri.endswith(".ipynb")):
         return None
     return _entry_by_slug().get(Path(uri).stem)
 
@@ -230,14 +260,14 @@ def _notebook_entry(page: Page) -> catalog.Entry | None:
 def on_page_content(html_text: str, page: Page, config: MkDocsConfig, files: Files) -> str:
     """On notebook pages: drop CDN scripts, link back to the entry, append the cite block."""
     uri = page.file.src_uri
-    if not (uri.startswith("notebooks/") and uri.endswith(".py")):
+    if not (uri.startswith("notebooks/") and uri.endswith(".ipynb")):
         return html_text
     for pattern in _CDN_BLOCKS:
         html_text = pattern.sub("", html_text)
-    source_name = Path(uri).name
+    source = uri[: -len(".ipynb")] + ".py"
     note = (
-        f"Executed when the site was built. Source: <code>{html.escape(uri)}</code> "
-        f'(<a href="{html.escape(source_name)}">download</a>), a jupytext percent-format '
+        f"Executed when the site was built. Source: <code>{html.escape(source)}</code> "
+        f'(<a href="{html.escape(Path(source).name)}">download</a>), a jupytext percent-format '
         "script that runs at smoke size; set <code>FULL=1</code> for the larger run."
     )
     entry = _notebook_entry(page)

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from fedunlearn.unlearning.base import METHODS
 
 #: Family slug -> human title. The three unlearning families come from the survey
 #: (Qu et al., arXiv 2406.09831); ``foundations`` holds the federated-learning entries they build on.
@@ -71,7 +74,8 @@ class Entry:
         citation_keys: BibTeX keys in ``references/``; the first is the method's paper.
         summary: One sentence for index tables.
         claims: Reported claims that the notebook reproduces.
-        methods: Names under which the harness can run it (``fedunlearn bench --methods``).
+        implementation: The module declaring the entry (by default, the module whose code
+            creates the ``Entry``).
     """
 
     slug: str
@@ -80,8 +84,17 @@ class Entry:
     citation_keys: tuple[str, ...]
     summary: str
     claims: tuple[ReportedClaim, ...] = ()
-    methods: tuple[str, ...] = ()
     implementation: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.implementation:  # the module-level ENTRY names the module that declares it
+            object.__setattr__(self, "implementation", sys._getframe(2).f_globals.get("__name__", ""))
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """Names under which the harness runs it (``fedunlearn bench --methods``): the methods its
+        module registers with ``@register_method``, in declaration order; never typed."""
+        return tuple(name for name, cls in METHODS.items() if cls.__module__ == self.implementation)
 
     @property
     def notebook(self) -> str:
@@ -159,7 +172,10 @@ def discover(strict: bool = True) -> tuple[list[Entry], list[str]]:
             entry = getattr(module, "ENTRY", None)
             if entry is None:
                 continue
-            entry = Entry(**{**vars(entry), "implementation": module_name})
+            if entry.implementation != module_name:
+                problems.append(f"{module_name}: ENTRY.implementation is {entry.implementation!r}; "
+                                "declare ENTRY in the module that implements it")
+                continue
             if entry.family != family:
                 problems.append(
                     f"{module_name}: ENTRY.family is {entry.family!r} but the module lives in "

@@ -1,4 +1,4 @@
-"""Command-line interface: ``fedunlearn list | cite | check`` (and ``bench`` once it exists).
+"""Command-line interface: ``fedunlearn list | cite | check | bench`` and ``--version``.
 
 Each subcommand is a [`Subcommand`][fedunlearn.cli.Subcommand]: a name, a help line, a function
 that adds its arguments and a function that runs it and returns the exit status. Built-in
@@ -72,6 +72,12 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--family", choices=tuple(FAMILIES), help="show only the entries of this family"
     )
+    parser.add_argument(
+        "--methods",
+        action="store_true",
+        help="list the registered unlearning methods instead: name, entry, request kinds served, "
+        "history needed and settings with their defaults (change them with bench --set)",
+    )
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -89,6 +95,8 @@ def _run_list(args: argparse.Namespace) -> int:
         print(f"{PROG}: warning: {problem}", file=sys.stderr)
     if args.family:
         entries = [e for e in entries if e.family == args.family]
+    if args.methods:
+        return _list_methods(entries, args.format, with_controls=not args.family)
     if args.format == "json":
         print(json.dumps([e.as_dict() for e in entries], indent=2))
         return 0
@@ -98,6 +106,32 @@ def _run_list(args: argparse.Namespace) -> int:
     rows = [["FAMILY", "SLUG", "TITLE", "CITATION KEYS"]]
     rows += [[e.family, e.slug, e.title, ", ".join(e.citation_keys)] for e in entries]
     print(_table(rows))
+    return 0
+
+
+def _list_methods(entries: list, output: str, with_controls: bool) -> int:
+    from dataclasses import asdict
+
+    from fedunlearn.unlearning.registry import CONTROLS, available_methods
+
+    owner = {name: e.slug for e in entries for name in e.methods}
+    rows = []
+    for name, cls in available_methods().items():
+        if name not in owner and not (with_controls and name in CONTROLS):
+            continue
+        method = cls()
+        rows.append({"name": name, "entry": owner.get(name, "(control)"),
+                     "granularities": sorted(cls.granularities), "history_interval": method.history_interval(),
+                     "owns_training": cls.owns_training, "settings": asdict(method.config)})
+    if output == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [["METHOD", "ENTRY", "REQUESTS", "HISTORY", "SETTINGS (defaults)"]]
+    for row in rows:
+        history = "-" if row["history_interval"] is None else f"every {row['history_interval']} round(s)"
+        settings = ", ".join(f"{k}={v}" for k, v in row["settings"].items()) or "-"
+        table.append([row["name"], row["entry"], ",".join(row["granularities"]), history, settings])
+    print(_table(table))
     return 0
 
 
@@ -176,6 +210,7 @@ def check_repository(root: Path | None = None) -> tuple[list[str], int]:
     """
     from fedunlearn.catalog import discover, repo_root
     from fedunlearn.references import validate
+    from fedunlearn.results import typed_numbers
     from fedunlearn.sitegen import page_entry_slug
 
     root = root or repo_root()
@@ -202,6 +237,12 @@ def check_repository(root: Path | None = None) -> tuple[list[str], int]:
                 f"docs/{entry.page}:1: front matter must say 'entry: {entry.slug}' "
                 "(the entry card and cite block are generated from it)"
             )
+        if page.is_file():
+            for line, number in typed_numbers(page.read_text(encoding="utf-8")):
+                problems.append(
+                    f"docs/{entry.page}:{line}: reproduced number {number} typed into the Case study; "
+                    "save it in the notebook's Results and write {{ results.NAME }} instead"
+                )
     known = {e.slug for e in entries}
     for page in sorted((root / "docs" / "entries").glob("**/*.md")):
         slug = page_entry_slug(page)
@@ -233,7 +274,7 @@ SUBCOMMANDS: list[Subcommand] = [
         _list_arguments,
         _run_list,
         "List every entry of the knowledge base (declared by ENTRY in the family modules), "
-        "as a table or as JSON.",
+        "or with --methods every registered unlearning method, as a table or as JSON.",
     ),
     Subcommand(
         "cite",
@@ -305,6 +346,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         "machine unlearning: list its entries, print citations, check its consistency.",
         epilog="Run 'fedunlearn COMMAND --help' for the options of a command.",
     )
+    from fedunlearn import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subcommands = list(SUBCOMMANDS)
     for name, module_name in OPTIONAL_SUBCOMMANDS.items():

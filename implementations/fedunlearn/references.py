@@ -264,7 +264,7 @@ def format_bibtex(key_or_keys: str | Iterable[str], root: Path | str | None = No
 
 
 def to_text(value: str) -> str:
-    """Turn a BibTeX value with LaTeX markup (``{\\"u}``, ``\\&``, ``{GPT}``) into plain text."""
+    r"""Turn a BibTeX value with LaTeX markup (``{\"u}``, ``\&``, ``{GPT}``) into plain text."""
     from pylatexenc.latex2text import LatexNodes2Text
 
     text = LatexNodes2Text().latex_to_text(value)

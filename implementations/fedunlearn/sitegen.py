@@ -7,7 +7,7 @@ the taxonomy page, the bibliography page, one API page per module, and each entr
 build.
 
 Paths are "docs paths": relative to ``docs/`` as MkDocs sees them, including generated files
-(``taxonomy.md``, ``bibliography.md``, ``api/<module>.md``, ``notebooks/<family>/<slug>.py``).
+(``taxonomy.md``, ``bibliography.md``, ``api/<module>.md``, ``notebooks/<family>/<slug>.ipynb``).
 Links are only written to docs paths that exist in the build (``existing``); anything else is
 shown as plain text, so an entry still in progress does not break a strict build.
 """
@@ -89,8 +89,19 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-#: The notebook whose executed page compares every registered method (the Benchmark page).
-BENCHMARK_NOTEBOOK = "notebooks/harness/benchmark.py"
+def notebook_page(source: str) -> str:
+    """Docs path of the executed page of a notebook (``notebooks/f/s.py`` -> ``notebooks/f/s.ipynb``)."""
+    return source[: -len(".py")] + ".ipynb"
+
+
+def notebook_download(source: str) -> str:
+    """Docs path of a notebook's source, published beside its page (``notebooks/f/s/s.py``)."""
+    stem = posixpath.splitext(source)[0]
+    return f"{stem}/{posixpath.basename(source)}"
+
+
+#: The executed page that compares every registered method (the Benchmark page).
+BENCHMARK_NOTEBOOK = notebook_page("notebooks/harness/benchmark.py")
 
 
 def taxonomy_markdown(entries: list[Entry], existing: Collection[str]) -> str:
@@ -126,7 +137,7 @@ def taxonomy_markdown(entries: list[Entry], existing: Collection[str]) -> str:
                         link(_cell(entry.title), entry.page, page, existing),
                         _citations(entry.citation_keys, page, existing),
                         _cell(entry.summary),
-                        link("notebook", entry.notebook, page, existing),
+                        link("notebook", notebook_page(entry.notebook), page, existing),
                         link(
                             f"`{entry.implementation}`",
                             api_page(entry.implementation),
@@ -201,7 +212,7 @@ def entry_card_markdown(entry: Entry, page: str, existing: Collection[str]) -> s
         ),
         (
             "Notebook",
-            link("rendered and executed", entry.notebook, page, existing)
+            link("rendered and executed", notebook_page(entry.notebook), page, existing)
             + f" (source: `{entry.notebook}`)",
         ),
         ("Tests", f"`{entry.test}`"),
@@ -224,3 +235,51 @@ def insert_after_title(markdown: str, block: str) -> str:
         return f"{block}\n{markdown}"
     end = match.end()
     return f"{markdown[:end]}\n\n{block}\n{markdown[end:].lstrip(chr(10))}"
+
+
+#: A generated snippet on a hand-written page: ``{{ generated.NAME }}``.
+GENERATED = re.compile(r"\{\{\s*generated\.([a-z_]+)\s*\}\}")
+
+
+def tolerance_table() -> str:
+    """The retrain-equivalence tolerances (``TOLERANCES``) as a Markdown table."""
+    from fedunlearn.unlearning.compare import TOLERANCES
+
+    rows = [f"| metrics containing `{key}` | {value:g} |" for key, value in TOLERANCES.items()]
+    return "\n".join(["| metric family | tolerance |", "|---|---|", *rows])
+
+
+def methods_table(entries: list[Entry], page: str, existing: Collection[str]) -> str:
+    """Every registered method: entry, request kinds, history, settings with defaults."""
+    from dataclasses import asdict
+
+    from fedunlearn.unlearning.registry import available_methods
+
+    owner = {name: e for e in entries for name in e.methods}
+    lines = ["| method | entry | requests | history needed | settings (defaults) |", "|---|---|---|---|---|"]
+    for name, cls in available_methods().items():
+        method = cls()
+        entry = owner.get(name)
+        where = link(_cell(entry.title), entry.page, page, existing) if entry else "control"
+        every = method.history_interval()
+        history = "none" if every is None else f"every {every} round(s)"
+        settings = ", ".join(f"`{k}={v}`" for k, v in asdict(method.config).items()) or "none"
+        lines.append(f"| `{name}` | {where} | {', '.join(sorted(cls.granularities))} | {history} | {settings} |")
+    return "\n".join(lines)
+
+
+def render_generated(markdown: str, entries: list[Entry], page: str, existing: Collection[str]) -> str:
+    """Replace ``{{ generated.tolerances }}`` and ``{{ generated.methods }}``.
+
+    Raises:
+        KeyError: On an unknown snippet name.
+    """
+    snippets = {"tolerances": lambda: tolerance_table(), "methods": lambda: methods_table(entries, page, existing)}
+
+    def replace(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in snippets:
+            raise KeyError(f"{page}: unknown snippet generated.{name}; known: {', '.join(snippets)}")
+        return snippets[name]()
+
+    return GENERATED.sub(replace, markdown)

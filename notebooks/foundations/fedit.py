@@ -24,9 +24,10 @@
 # rest of this knowledge base relies on: (1) the federated adapter absorbs every client's private
 # facts, which a one-client model cannot know; (2) the bytes that travel are the adapters only.
 #
-# Smoke size by default (about a minute on two CPU cores, plus a one-time pretraining of the
-# tiny base model of about half a minute that is cached afterwards); `FULL=1` in the environment
-# runs twice as many people per client and twice the rounds.
+# Smoke size by default (about a minute on two CPU cores once the tiny base model is pretrained
+# and the federation is trained; both are cached and shared with the profile unlearning
+# scenarios); `FULL=1` in the environment runs four times as many people per client and twice the
+# rounds.
 
 # %% [markdown]
 # ## The claim (reported)
@@ -35,28 +36,29 @@
 
 # %%
 import os
-import time
-import warnings
-from dataclasses import replace
 
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
 from fedunlearn import catalog
+from fedunlearn.catalog import ReportedClaim
 from fedunlearn.federated.costs import CostCounter, state_bytes
-from fedunlearn.federated.loop import run_federation
+from fedunlearn.federated.loop import run_rounds
+from fedunlearn.federated.pool import InProcessPool
 from fedunlearn.foundations.fedit import (
-    PROFILES_FEDERATION,
-    LoraCausalLMTask,
+    MEMBER_GAIN,
+    MEMBER_MARGIN,
     greedy_answer,
     greedy_extracted,
-    profile_clients,
     record_logprobs,
 )
-from fedunlearn.models.tiny_lm import load_base_model
+from fedunlearn.results import Results
+from fedunlearn.unlearning.cache import trained_federation
+from fedunlearn.unlearning.scenarios import build_scenario
 
 entry = catalog.get("fedit")
+results = Results("fedit")
 display(Markdown(entry.claims_markdown()))
 
 # %% [markdown]
@@ -70,35 +72,39 @@ display(Markdown(entry.claims_markdown()))
 #
 # With private facts as the "instructions", *what the federation adds* is measurable: a client
 # can only know its own people; the federated adapter can know everyone's.
+#
+# The federation is the one of the `profiles-client` scenario (its forget request plays no role
+# here): `LoraCausalLMTask` from the substrate (`fedunlearn.federated.lora_task`), people spread
+# over clients by owner (`profile_clients`), `PROFILES_FEDERATION` as the recipe.
 
 # %%
 # One thread: the model is so small that a second thread gains little, and on a busy machine
 # two threads per process oversubscribe the cores and slow training down many times over.
 torch.set_num_threads(1)
 # peft calls a transformers property that transformers 5 marks as deprecated; not ours to fix.
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 FULL = os.environ.get("FULL", "0") == "1"
 SEED = 0
-PEOPLE_PER_CLIENT = 10 if FULL else 5
-config = replace(
-    PROFILES_FEDERATION, seed=SEED, rounds=PROFILES_FEDERATION.rounds * (2 if FULL else 1)
-)
+# Pass criteria (MEMBER_GAIN, MEMBER_MARGIN) come from the entry module, as in the claim tests.
 
-start = time.perf_counter()
-task = LoraCausalLMTask(init_seed=SEED)
-load_base_model(task.lm)  # pretrains once and caches (~30 s on 2 cores the first time)
-print(f"base model ready in {time.perf_counter() - start:.1f} s")
-
-federation = profile_clients(task, people_per_client=PEOPLE_PER_CLIENT, seed=SEED)
-clients = federation.clients
-heldout = task.encode(federation.heldout)
+scenario = build_scenario("profiles-client", SEED, full=FULL)
+task, clients, config = scenario.task, scenario.clients, scenario.config
+heldout = scenario.test
+client_people = {cid: sorted(set(data.owner_ids.tolist())) for cid, data in clients.items()}
+people_per_client = len(client_people[0])
+heldout_people = len({r.owner_id for r in scenario.heldout_records})
 print(config)
 for cid, data in clients.items():
-    print(f"client {cid}: {len(federation.client_people[cid])} people, {data.num_samples} records")
-print(
-    f"held-out people: {len({r.owner_id for r in federation.heldout})}, records: {len(federation.heldout)}"
+    print(f"client {cid}: {len(client_people[cid])} people, {data.num_samples} records")
+print(f"held-out people: {heldout_people}, records: {len(scenario.heldout_records)}")
+example_record = scenario.heldout_records[0]
+print("example record:", repr(example_record.prompt + example_record.answer))
+results.add(
+    "setup",
+    f"{len(clients)} clients of {people_per_client} people each "
+    f"({clients[0].num_samples // people_per_client} records per person), {heldout_people} held-out "
+    f"people, {config.rounds} rounds of {config.local_epochs:g} local {config.optimizer.capitalize()} "
+    f"epochs (batch {config.batch_size}, seed {SEED})",
 )
-print("example record:", repr(federation.heldout[0].prompt + federation.heldout[0].answer))
 
 # %% [markdown]
 # ## What travels: adapters, not the model
@@ -112,23 +118,33 @@ init_state = task.get_state(model)
 adapter_bytes = state_bytes(init_state)
 # named_parameters counts the tied input/output embedding once
 base_bytes = state_bytes({k: v for k, v in model.named_parameters() if "lora_" not in k})
-print(
-    f"adapter tensors: {len(init_state)}, all named lora_: {all('lora_' in k for k in init_state)}"
-)
+only_adapters = bool(init_state) and all("lora_" in k for k in init_state)
+print(f"adapter tensors: {len(init_state)}, all named lora_: {only_adapters}")
 print(
     f"adapter: {adapter_bytes / 1e3:.0f} kB; full model: {base_bytes / 1e3:.0f} kB "
     f"({adapter_bytes / base_bytes:.1%} of it)"
 )
+adapter_share = results.value("adapter_share", adapter_bytes / base_bytes, "{:.1%}")
 
 # %% [markdown]
 # ## Run: federated LoRA instruction tuning
 #
 # Every client takes part in every round; each runs local Adam on its records for a few epochs
 # and returns its adapter update; the server averages them (FedAvg, weights = record counts).
-# After every round we score the global adapter on the federated people and on held-out people.
-
+# `trained_federation` (`fedunlearn.unlearning.cache`) trains it through the
+# shared round loop (`run_rounds` over an `InProcessPool`) with the history kept every round, or
+# takes it from the cache where the profile scenarios left it. We then score the global adapter
+# of every round, as the history recorded it, on the federated people and on held-out people.
 
 # %%
+run = trained_federation(scenario)
+federated_state, federated_cost = run.final_state, run.cost
+print(
+    f"federated training: {federated_cost.client_steps} client steps, "
+    f"{federated_cost.client_rounds} client-rounds"
+)
+
+
 def people_logprob(state, tensors):
     """Mean answer log-probability per token of the records, under adapter ``state``."""
     task.set_state(model, state)
@@ -136,27 +152,18 @@ def people_logprob(state, tensors):
 
 
 train_all = {k: torch.cat([c.tensors[k] for c in clients.values()]) for k in clients[0].tensors}
+round_states = [r.global_state for r in run.history.rounds] + [run.final_state]  # w_0 ... w_T
 curve = {
-    "round": [0],
-    "train": [people_logprob(init_state, train_all)],
-    "heldout": [people_logprob(init_state, heldout)],
+    "train": [people_logprob(s, train_all) for s in round_states],
+    "heldout": [people_logprob(s, heldout) for s in round_states],
 }
-
-
-def on_round(round_index, state):
-    curve["round"].append(round_index + 1)
-    curve["train"].append(people_logprob(state, train_all))
-    curve["heldout"].append(people_logprob(state, heldout))
-
-
-federated_cost = CostCounter()
-federated_state = run_federation(
-    task, clients, init_state, config, model=model, counter=federated_cost, on_round=on_round
-)
-print(
-    f"federated training: {federated_cost.client_steps} client steps, "
-    f"{federated_cost.wall_time_s:.1f} s (evaluation included)"
-)
+for name, key, index in (
+    ("members_initial", "train", 0),
+    ("members_final", "train", -1),
+    ("heldout_initial", "heldout", 0),
+    ("heldout_final", "heldout", -1),
+):
+    results.value(f"logprob_{name}", curve[key][index])
 print(
     f"answer log-prob per token: federated people {curve['train'][-1]:.2f}, "
     f"held-out people {curve['heldout'][-1]:.2f} (initial adapter: {curve['train'][0]:.2f} / "
@@ -165,8 +172,8 @@ print(
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.5))
-ax.plot(curve["round"], curve["train"], marker="o", label="people of the federation (members)")
-ax.plot(curve["round"], curve["heldout"], marker="s", label="held-out people (non-members)")
+ax.plot(range(len(round_states)), curve["train"], marker="o", label="people of the federation (members)")
+ax.plot(range(len(round_states)), curve["heldout"], marker="s", label="held-out people (non-members)")
 ax.set_xlabel("round")
 ax.set_ylabel("answer log-prob per token")
 ax.set_title("Federated LoRA memorises the clients' facts")
@@ -178,38 +185,31 @@ plt.show()
 # ## Baseline: one client alone
 #
 # FedIT's comparison point is a model tuned only on one client's instructions. Client 0 trains
-# alone with the same local recipe and the same number of rounds.
+# alone with the same local recipe and the same number of rounds: the same round loop over a pool
+# that holds client 0 only.
 
 # %%
 local_cost = CostCounter()
-local_state = run_federation(
-    task, {0: clients[0]}, init_state, config, model=model, counter=local_cost
+local_state = run_rounds(
+    InProcessPool(task, {0: clients[0]}, model), run.init_state, config, range(config.rounds), counter=local_cost
 )
-others = {
-    k: torch.cat([clients[c].tensors[k] for c in clients if c != 0]) for k in clients[0].tensors
-}
+others = {k: torch.cat([clients[c].tensors[k] for c in clients if c != 0]) for k in clients[0].tensors}
 groups = {
     "client 0's people": clients[0].tensors,
     "other clients' people": others,
     "held-out people": heldout,
 }
 states = {
-    "initial adapter": init_state,
+    "initial adapter": run.init_state,
     "client 0 alone": local_state,
     "federated (FedIT)": federated_state,
 }
 scores = {name: {g: people_logprob(s, t) for g, t in groups.items()} for name, s in states.items()}
-display(
-    Markdown(
-        "\n".join(
-            ["| model | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
-            + [
-                f"| {name} | " + " | ".join(f"{v:.2f}" for v in row.values()) + " |"
-                for name, row in scores.items()
-            ]
-        )
-    )
+knowledge_table = "\n".join(
+    ["| model | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
+    + [f"| {name} | " + " | ".join(f"{v:.2f}" for v in row.values()) + " |" for name, row in scores.items()]
 )
+display(Markdown(results.add("knowledge_table", knowledge_table)))
 
 # %% [markdown]
 # ## Canaries: can the secret codes be extracted?
@@ -220,17 +220,12 @@ display(
 # exact extraction, the canary's log-probability per token shows how much of it was memorised.
 
 # %%
-people_of = {cid: set(ids) for cid, ids in federation.client_people.items()}
+owner_client = {person: cid for cid, people in client_people.items() for person in people}
+canaries = [r for r in scenario.records.values() if r.kind == "canary" and r.owner_id in owner_client]
 canary_sets = {
-    "client 0's canaries": [
-        r for r in federation.records.values() if r.kind == "canary" and r.owner_id in people_of[0]
-    ],
-    "other clients' canaries": [
-        r
-        for r in federation.records.values()
-        if r.kind == "canary" and any(r.owner_id in people_of[c] for c in people_of if c != 0)
-    ],
-    "held-out canaries": [r for r in federation.heldout if r.kind == "canary"],
+    "client 0's canaries": [r for r in canaries if owner_client[r.owner_id] == 0],
+    "other clients' canaries": [r for r in canaries if owner_client[r.owner_id] != 0],
+    "held-out canaries": [r for r in scenario.heldout_records if r.kind == "canary"],
 }
 canary_tensors = {name: task.encode(records) for name, records in canary_sets.items()}
 rows = []
@@ -244,19 +239,14 @@ for name, state in states.items():
         canary_scores[(name, group)] = (hits, logprob)
         cells.append(f"{hits}/{len(canary_sets[group])} ({logprob:.2f})")
     rows.append(f"| {name} | " + " | ".join(cells) + " |")
-display(
-    Markdown(
-        "\n".join(
-            [
-                "| model | "
-                + " | ".join(f"{g}: extracted (log-prob/token)" for g in canary_sets)
-                + " |",
-                "|---" * (len(canary_sets) + 1) + "|",
-            ]
-            + rows
-        )
-    )
+canary_table = "\n".join(
+    [
+        "| model | " + " | ".join(f"{g}: extracted (log-prob/token)" for g in canary_sets) + " |",
+        "|---" * (len(canary_sets) + 1) + "|",
+    ]
+    + rows
 )
+display(Markdown(results.add("canary_table", canary_table)))
 task.set_state(model, federated_state)
 example = canary_sets["client 0's canaries"][0]
 print(
@@ -266,61 +256,94 @@ print(
 
 # %% [markdown]
 # ## Communication
+#
+# Bytes as the pool counted them while the federation trained (every participant, both
+# directions), against what FedAvg of every weight would have moved.
 
 # %%
-rounds = config.rounds
-per_round = federated_cost.bytes_communicated / rounds
+per_round = federated_cost.bytes_communicated / config.rounds
 full_per_round = 2 * len(clients) * base_bytes
-display(
-    Markdown(
-        "\n".join(
-            [
-                "| per round, all clients, both directions | bytes |",
-                "|---|---|",
-                f"| LoRA adapters (measured by the loop) | {per_round / 1e6:.2f} MB |",
-                f"| full model (FedAvg of every weight) | {full_per_round / 1e6:.2f} MB |",
-                f"| ratio | {per_round / full_per_round:.1%} |",
-            ]
-        )
-    )
+# Every byte that travelled is an adapter: K clients x T rounds x 2 directions.
+adapters_only = federated_cost.bytes_communicated == 2 * federated_cost.client_rounds * adapter_bytes
+communication_table = "\n".join(
+    [
+        "| per round, all clients, both directions | bytes |",
+        "|---|---|",
+        f"| LoRA adapters (measured by the pool) | {per_round / 1e6:.2f} MB |",
+        f"| full model (FedAvg of every weight) | {full_per_round / 1e6:.2f} MB |",
+        f"| ratio | {per_round / full_per_round:.1%} |",
+    ]
 )
+display(Markdown(results.add("communication_table", communication_table)))
+print(f"every byte counted is an adapter byte: {adapters_only}")
+results.add("traffic", "only adapters" if adapters_only else "more than the adapters")
 
 # %% [markdown]
 # ## Reported vs reproduced
+#
+# Verdicts follow the criteria named in the setup (`MEMBER_GAIN`, `MEMBER_MARGIN`), the same
+# ones `tests/foundations/test_fedit.py` asserts.
 
 # %%
-federated_gain = (
-    scores["federated (FedIT)"]["other clients' people"]
-    - scores["client 0 alone"]["other clients' people"]
-)
-member_gap = curve["train"][-1] - curve["heldout"][-1]
+others_federated = scores["federated (FedIT)"]["other clients' people"]
+federated_gain = others_federated - scores["client 0 alone"]["other clients' people"]
+others_learned = others_federated - scores["initial adapter"]["other clients' people"]
 own_local = scores["client 0 alone"]["client 0's people"]
 own_federated = scores["federated (FedIT)"]["client 0's people"]
+own_text = (
+    f"on client 0's own people client 0 alone is ahead ({own_local:.2f} vs {own_federated:.2f}): "
+    "its adapter is not averaged with others"
+    if own_local > own_federated
+    else f"on client 0's own people the federated adapter is ahead too ({own_federated:.2f} vs {own_local:.2f})"
+)
+member_gain = curve["train"][-1] - curve["train"][0]
+member_gap = curve["train"][-1] - curve["heldout"][-1]
 member_groups = ("client 0's canaries", "other clients' canaries")
 member_canaries_hit = sum(canary_scores[("federated (FedIT)", g)][0] for g in member_groups)
 member_canaries = sum(len(canary_sets[g]) for g in member_groups)
 heldout_canaries_hit = canary_scores[("federated (FedIT)", "held-out canaries")][0]
-rows = [
-    (
-        f"| {entry.claims[0].claim} | {entry.claims[0].reported} | yes, qualitatively: on the other "
-        f"clients' people the federated adapter scores {federated_gain:+.2f} nats per answer token "
-        "above client 0 alone; on client 0's own people client 0 alone is ahead "
-        f"({own_local:.2f} vs {own_federated:.2f}): its adapter is not averaged with others |"
-    ),
-    (
-        f"| {entry.claims[1].claim} | {entry.claims[1].reported} | adapters are "
-        f"{adapter_bytes / base_bytes:.1%} of the tiny model's bytes (the ratio shrinks with model "
-        "size: an adapter grows with the width, a weight matrix with its square) |"
-    ),
-    (
-        "| (this knowledge base) the federated adapter memorises its members | — | members "
-        f"{member_gap:+.2f} nats per answer token above held-out people; "
-        f"{member_canaries_hit}/{member_canaries} member canaries extracted exactly, "
-        f"{heldout_canaries_hit} held-out |"
-    ),
-]
-display(Markdown("\n".join(["| claim | reported | reproduced here |", "|---|---|---|", *rows])))
 
+beats_local = others_learned > MEMBER_GAIN and federated_gain > MEMBER_MARGIN
+memorises = member_gain > MEMBER_GAIN and member_gap > MEMBER_MARGIN
+memorisation_claim = ReportedClaim(
+    claim="(this knowledge base) the federated adapter memorises its members",
+    reported="—",
+    where="this entry's regime (`PROFILES_FEDERATION`)",
+)
+table = results.claims(
+    "claims",
+    [
+        (
+            entry.claims[0],
+            f"on the other clients' people the federated adapter scores {federated_gain:+.2f} nats per "
+            f"answer token above client 0 alone ({others_learned:+.2f} above the initial adapter); {own_text}",
+            "holds in direction (likelihood of memorised facts, not GPT-4-judged quality)"
+            if beats_local
+            else "does not hold",
+        ),
+        (
+            entry.claims[1],
+            f"adapters are {adapter_share} of the tiny model's bytes and the only tensors that travel "
+            "(the ratio shrinks with model size: an adapter grows with the width, a weight matrix with "
+            "its square)",
+            "holds in kind (not the 10,000x of a 175B model)"
+            if adapters_only and only_adapters and adapter_bytes < base_bytes
+            else "does not hold",
+        ),
+        (
+            memorisation_claim,
+            f"members {member_gain:+.2f} nats per answer token above the initial adapter and "
+            f"{member_gap:+.2f} above held-out people; {member_canaries_hit}/{member_canaries} member "
+            f"canaries extracted exactly, {heldout_canaries_hit} held-out",
+            "holds" if memorises else "does not hold",
+        ),
+    ],
+)
+results.value("federated_gain", federated_gain, "{:+.2f}")
+results.value("member_gap", member_gap, "{:+.2f}")
+results.add("member_canaries", f"{member_canaries_hit}/{member_canaries}")
+results.add("heldout_canaries", f"{heldout_canaries_hit}/{len(canary_sets['held-out canaries'])}")
+display(Markdown(table))
 
 # %% [markdown]
 # ## What not to conclude
@@ -337,3 +360,6 @@ display(Markdown("\n".join(["| claim | reported | reproduced here |", "|---|---|
 #   sizeable fraction.
 # - **One seed, a handful of people.** At smoke size the log-probabilities move by a few tenths
 #   between seeds; the gaps shown are much larger than that, the exact values are not.
+
+# %%
+saved = results.save()

@@ -8,14 +8,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedunlearn.federated.objectives import Distillation
+from fedunlearn.federated.requests import ForgetRequest
+from fedunlearn.federated.training import FederationConfig, LocalPlan
 from fedunlearn.flower import APP_DIR
 from fedunlearn.flower.settings import (
     RunSettings,
+    config_from_record,
+    config_record,
     partition_id,
+    plan_from_content,
+    plan_records,
     record_to_state,
     state_to_record,
     torch_threads,
 )
+from fedunlearn.unlearning.registry import available_methods
 
 APP_CONFIG = APP_DIR / "pyproject.toml"
 
@@ -43,8 +51,30 @@ def test_run_config_is_typed_and_checked():
         RunSettings.from_run_config({"num_clients": 3})
     with pytest.raises(ValueError, match="mode"):
         RunSettings.from_run_config({"mode": "predict"})
-    with pytest.raises(ValueError, match="does not run on Flower"):
-        RunSettings.from_run_config({"method": "do-nothing"})
+
+
+def test_any_registered_method_with_its_config_overrides():
+    for name in available_methods():
+        assert RunSettings.from_run_config({"method": name, "mode": "unlearn"}).unlearning_method().name == name
+    method = RunSettings.from_run_config({"method": "continue-fedavg", "method-config": '{"rounds": 1}'})
+    assert method.unlearning_method().config.rounds == 1
+    assert RunSettings(method="federaser", method_config='{"interval": 1, "calibration_ratio": 1}'
+                       ).unlearning_method().label == "federaser[interval=1,calibration_ratio=1.0]"
+    with pytest.raises(ValueError, match="unknown method 'forget-all'; known methods: retrain, do-nothing"):
+        RunSettings.from_run_config({"method": "forget-all"})
+    with pytest.raises(ValueError, match="continue-fedavg has no setting epochs"):
+        RunSettings.from_run_config({"method": "continue-fedavg", "method-config": '{"epochs": 1}'})
+    with pytest.raises(ValueError, match="rounds must be int"):
+        RunSettings.from_run_config({"method": "continue-fedavg", "method-config": '{"rounds": "many"}'})
+    # the ClientApp never runs a method: it does not import the entries to check one
+    assert RunSettings.from_run_config({"method": "forget-all"}, check_method=False).method == "forget-all"
+
+
+@pytest.mark.parametrize("text, problem", [('{"rounds": ', "not valid JSON"), ("[1]", "JSON object"),
+                                           ('{"rounds": [1]}', "scalars")])
+def test_malformed_method_config_is_refused(text, problem):
+    with pytest.raises(ValueError, match=problem):
+        RunSettings.from_run_config({"method-config": text}, check_method=False)
 
 
 def test_paths_must_be_absolute(tmp_path):
@@ -89,3 +119,20 @@ def test_state_round_trips_through_an_array_record():
         assert back[key].dtype == value.dtype and torch.equal(back[key], value)
     back["w"] += 1  # writable, and not aliasing the original
     assert not torch.equal(back["w"], state["w"])
+
+
+def test_plan_and_config_round_trip_through_records():
+    pytest.importorskip("flwr", reason="Flower is not installed; pip install -e '.[flower]'")
+    from flwr.app import RecordDict
+
+    teacher = {"w": torch.randn(2, 3)}
+    plan = LocalPlan("retained", ForgetRequest.forget_records([4, 9]), Distillation(temperature=3.0),
+                     local_epochs=0.5, optimizer="adam", optimizer_options=(("beta", 0.5),),
+                     states={"teacher": teacher})
+    records = plan_records(plan)
+    assert sorted(records) == ["plan", "states.teacher"]
+    back = plan_from_content(RecordDict(records))
+    assert back == plan and torch.equal(back.states["teacher"]["w"], teacher["w"])
+    assert plan_from_content(RecordDict(plan_records(LocalPlan()))) == LocalPlan()
+    config = FederationConfig(rounds=3, local_epochs=1, lr=0.05, optimizer="adam", record_every=2)
+    assert config_from_record(config_record(config)) == config

@@ -1,114 +1,197 @@
-"""FedIT: only LoRA adapters travel, runs are deterministic, and the federation memorises."""
+"""FedIT: the read-outs of what an adapter memorised, and the entry's claims at smoke size.
+
+The LoRA task itself (only adapters travel, determinism, a checkpoint by path) lives in the
+substrate and is tested in ``tests/test_lora_task.py``. Here: ``record_logprobs``,
+``greedy_extracted`` and ``greedy_answer`` against values computed by hand on a toy language
+model, and the claims on the federation of the ``profiles-client`` scenario (trained once through
+the shared round loop and cached, the same run the notebook shows).
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
-from fedunlearn.data.profiles import RECORDS_PER_PERSON
-from fedunlearn.federated.costs import CostCounter, state_bytes
-from fedunlearn.federated.loop import run_federation
+from fedunlearn import catalog
+from fedunlearn.data.profiles import QARecord
+from fedunlearn.federated.costs import CostCounter
+from fedunlearn.federated.loop import run_rounds
+from fedunlearn.federated.pool import InProcessPool
 from fedunlearn.foundations.fedit import (
-    PROFILES_FEDERATION,
-    LoraCausalLMTask,
-    profile_clients,
+    ENTRY,
+    MEMBER_GAIN,
+    MEMBER_MARGIN,
+    greedy_answer,
+    greedy_extracted,
     record_logprobs,
 )
-from fedunlearn.models.tiny_lm import answer_token_logprobs, trim_padding
 
-SMALL = replace(PROFILES_FEDERATION, rounds=2, local_epochs=1)
+# peft calls a transformers property that transformers 5 marks as deprecated; not ours to fix.
+
+
+# ---------------------------------------------------------------- read-outs on a toy model
+
+
+class SuccessorLM(nn.Module):
+    """A toy causal LM: after token ``t`` the logit of ``t + 1`` is ``ln 3``, every other logit 0.
+
+    With ``vocab`` tokens, $p(t + 1 \\mid t) = 3 / (3 + \\text{vocab} - 1)$ and every other token
+    has $1 / (3 + \\text{vocab} - 1)$; greedy decoding counts up. After ``stop_after`` it puts all
+    mass on ``eos`` instead.
+    """
+
+    def __init__(self, vocab: int, stop_after: int | None = None, eos: int = 1) -> None:
+        super().__init__()
+        self.vocab, self.stop_after, self.eos = vocab, stop_after, eos
+        self.anchor = nn.Parameter(torch.zeros(()))  # gives the model a device
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> SimpleNamespace:
+        following = (input_ids + 1) % self.vocab
+        if self.stop_after is not None:
+            following = torch.where(input_ids == self.stop_after, torch.full_like(input_ids, self.eos), following)
+        logits = torch.zeros(*input_ids.shape, self.vocab) + self.anchor
+        logits.scatter_(-1, following.unsqueeze(-1), math.log(3))
+        return SimpleNamespace(logits=logits)
+
+
+def toy_records() -> dict[str, torch.Tensor]:
+    """Three records over 10 tokens, prompt ``2 3`` (or ``2``), right-padded with 0."""
+    return {
+        # A: answer 4 5 follows 3 by counting up      -> both answer tokens are the successors
+        # B: answer 7 8 after 3                       -> 7 is not 3's successor, 8 is 7's
+        # C: prompt 2, answer 3 (shorter, more padding) -> a successor
+        "input_ids": torch.tensor([[2, 3, 4, 5, 0], [2, 3, 7, 8, 0], [2, 3, 0, 0, 0]]),
+        "labels": torch.tensor([[-100, -100, 4, 5, -100], [-100, -100, 7, 8, -100], [-100, 3, -100, -100, -100]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 0]]),
+    }
+
+
+@pytest.mark.parametrize("batch_size", [64, 1])
+def test_record_logprobs_by_hand(batch_size) -> None:
+    # vocab 10: p(successor) = 3 / (3 + 9) = 1/4, p(other) = 1/12
+    values = record_logprobs(SuccessorLM(10), toy_records(), batch_size=batch_size)
+    expected = torch.tensor([
+        math.log(1 / 4),                           # A: (ln 1/4 + ln 1/4) / 2
+        (math.log(1 / 12) + math.log(1 / 4)) / 2,  # B: (ln 1/12 + ln 1/4) / 2
+        math.log(1 / 4),                           # C: one answer token, a successor
+    ])
+    torch.testing.assert_close(values, expected)
+
+
+@pytest.mark.parametrize("batch_size", [64, 2])
+def test_greedy_extracted_by_hand(batch_size) -> None:
+    # greedy decoding counts up: A (4 5 after 3) and C (3 after 2) are reproduced, B is not
+    assert greedy_extracted(SuccessorLM(10), toy_records(), batch_size=batch_size).tolist() == [True, False, True]
+
+
+def test_record_readouts_of_no_record_are_empty() -> None:
+    empty = {k: v[:0] for k, v in toy_records().items()}
+    assert record_logprobs(SuccessorLM(10), empty).shape == (0,)
+    assert greedy_extracted(SuccessorLM(10), empty).shape == (0,)
+
+
+def test_greedy_answer_decodes_until_the_end_token_or_the_limit() -> None:
+    from transformers import ByT5Tokenizer
+
+    tokenizer = ByT5Tokenizer()  # token = byte + 3, end-of-sequence = 1
+    task = SimpleNamespace(tokenizer=tokenizer)
+    record = QARecord(record_id=0, owner_id=0, kind="canary", prompt="ab", answer="cd")
+    vocab = len(tokenizer)
+    # counting up from "b" gives "c", "d", "e", ... until the limit of new tokens
+    assert greedy_answer(task, SuccessorLM(vocab), record, max_new_tokens=3) == "cde"
+    # stop after "d" (byte 100 -> token 103): the answer is exactly "cd"
+    assert greedy_answer(task, SuccessorLM(vocab, stop_after=ord("d") + 3), record) == "cd"
+
+
+def test_entry_claims_are_in_the_catalog() -> None:
+    assert catalog.get("fedit").claims == ENTRY.claims
+    assert "10,000x" in ENTRY.claims[1].reported
+
+
+# ---------------------------------------------------------------- the claims, at smoke size
 
 
 @pytest.fixture(scope="module")
-def task() -> LoraCausalLMTask:
-    return LoraCausalLMTask(init_seed=0)
+def scenario():
+    from fedunlearn.unlearning.scenarios import build_scenario
+
+    return build_scenario("profiles-client", 0)
 
 
 @pytest.fixture(scope="module")
-def federation(task):
-    return profile_clients(task, seed=0)
+def trained(scenario):
+    """The scenario's federation, trained once through ``run_rounds`` and cached (shared with
+    the notebook, the profile unlearning entries and the docs build)."""
+    from fedunlearn.unlearning.cache import trained_federation
+
+    return trained_federation(scenario)
 
 
 @pytest.fixture(scope="module")
-def trained(task, federation):
-    """The default federation trained once (shared by the slow claim test)."""
-    model = task.build_model()
-    init = task.get_state(model)
-    counter = CostCounter()
-    state = run_federation(
-        task, federation.clients, init, PROFILES_FEDERATION, model=model, counter=counter
-    )
-    return model, init, state, counter
+def alone(scenario, trained):
+    """Client 0 alone, with the same recipe and rounds, through the same loop."""
+    pool = InProcessPool(scenario.task, {0: scenario.clients[0]}, trained.model)
+    return run_rounds(pool, trained.init_state, scenario.config, range(scenario.config.rounds), counter=CostCounter())
 
 
-def test_people_live_on_one_client(federation):
-    seen = {}
-    for cid, people in federation.client_people.items():
-        for person in people:
-            assert person not in seen, f"person {person} on clients {seen[person]} and {cid}"
-            seen[person] = cid
-        assert federation.clients[cid].num_samples == len(people) * RECORDS_PER_PERSON
-    heldout_people = {r.owner_id for r in federation.heldout}
-    assert not heldout_people & set(seen)
+def mean_logprob(scenario, model, state, tensors) -> float:
+    scenario.task.set_state(model, state)
+    return float(record_logprobs(model, tensors).mean())
 
 
-def test_trimming_does_not_change_logprobs(task, federation):
-    model = task.build_model()
-    batch = federation.clients[0].batch(torch.arange(8))
-    assert trim_padding(batch)["input_ids"].shape[1] < batch["input_ids"].shape[1]
-    trimmed, mask = answer_token_logprobs(model, batch)
-    assert trimmed.shape == (8, batch["input_ids"].shape[1] - 1)
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    full = torch.log_softmax(logits[:, :-1].float(), -1)
-    targets = batch["labels"][:, 1:]
-    expected = full.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (targets != -100)
-    assert torch.equal(mask, targets != -100)
-    torch.testing.assert_close(trimmed.detach(), expected, atol=1e-4, rtol=1e-4)
-
-
-def test_only_adapters_are_exchanged(task, federation):
-    model = task.build_model()
-    base_before = {k: v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
-    init = task.get_state(model)
-    assert init and all("lora_" in key for key in init)
-    counter = CostCounter()
-    state = run_federation(task, federation.clients, init, SMALL, model=model, counter=counter)
-    assert set(state) == set(init)
-    adapter, base = state_bytes(init), state_bytes(base_before)
-    assert adapter < 0.25 * base
-    # every byte that travelled is an adapter: K clients x T rounds x 2 directions
-    assert counter.bytes_communicated == 2 * len(federation.clients) * SMALL.rounds * adapter
-    after = {k: v for k, v in model.state_dict().items() if "lora_" not in k}
-    assert all(torch.equal(after[k], base_before[k]) for k in base_before)
-    assert any(not torch.equal(state[k], init[k]) for k in init)
-
-
-def test_same_seed_same_adapters(task, federation):
-    def run():
-        model = task.build_model()
-        return run_federation(task, federation.clients, task.get_state(model), SMALL, model=model)
-
-    first, second = run(), run()
-    assert all(torch.equal(first[k], second[k]) for k in first)
+def stacked(clients) -> dict[str, torch.Tensor]:
+    clients = list(clients)
+    return {k: torch.cat([c.tensors[k] for c in clients]) for k in clients[0].tensors}
 
 
 @pytest.mark.slow
-def test_federation_memorises_members(task, federation, trained):
-    model, init, state, _ = trained
-    members = {
-        k: torch.cat([c.tensors[k] for c in federation.clients.values()])
-        for k in federation.clients[0].tensors
-    }
-    heldout = task.encode(federation.heldout)
-    task.set_state(model, init)
-    before = float(record_logprobs(model, members).mean())
-    task.set_state(model, state)
-    member, nonmember = (
-        float(record_logprobs(model, members).mean()),
-        float(record_logprobs(model, heldout).mean()),
-    )
-    assert member > before + 0.5
-    assert member > nonmember + 1.0
+def test_federation_memorises_members(scenario, trained):
+    """Members' answers gain more than MEMBER_GAIN nats per token over the initial adapter and
+    end more than MEMBER_MARGIN above held-out people.
+
+    Control: fails under do-nothing (the initial adapter $\\theta_0$ as the result: no gain).
+    """
+    model = trained.model
+    members = stacked(scenario.clients.values())
+    before = mean_logprob(scenario, model, trained.init_state, members)
+    member = mean_logprob(scenario, model, trained.final_state, members)
+    nonmember = mean_logprob(scenario, model, trained.final_state, scenario.test)
+    assert member > before + MEMBER_GAIN
+    assert member > nonmember + MEMBER_MARGIN
+
+
+@pytest.mark.slow
+def test_federation_beats_one_client_alone_on_the_other_clients_people(scenario, trained, alone):
+    """FedIT's claim in the shape of this knowledge base: on the people of clients 1-3 the
+    federated adapter gains more than MEMBER_GAIN over the initial adapter and ends more than
+    MEMBER_MARGIN above client 0 alone.
+
+    Controls: fails under do-nothing (federated = initial adapter: no gain) and under the
+    ablation that federates client 0 alone (federated = client 0 alone: no margin).
+    """
+    model = trained.model
+    others = stacked(c for cid, c in scenario.clients.items() if cid != 0)
+    initial = mean_logprob(scenario, model, trained.init_state, others)
+    federated = mean_logprob(scenario, model, trained.final_state, others)
+    local = mean_logprob(scenario, model, alone, others)
+    assert federated > initial + MEMBER_GAIN
+    assert federated > local + MEMBER_MARGIN
+
+
+@pytest.mark.slow
+def test_greedy_extracted_agrees_with_greedy_decoding(scenario, trained):
+    """The one-pass check gives the same verdict as decoding token by token, on the trained
+    adapter's member canaries (some extracted) and a few held-out ones (none)."""
+    member_people = {int(p) for c in scenario.clients.values() for p in c.owner_ids}
+    records = [r for r in scenario.records.values() if r.kind == "canary" and r.owner_id in member_people]
+    records += [r for r in scenario.heldout_records if r.kind == "canary"][:5]
+    model = trained.model
+    scenario.task.set_state(model, trained.final_state)
+    fast = greedy_extracted(model, scenario.task.encode(records)).tolist()
+    slow = [greedy_answer(scenario.task, model, r) == r.answer for r in records]
+    assert fast == slow
+    assert any(slow), "the trained adapter should reproduce some member canary exactly"

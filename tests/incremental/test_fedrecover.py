@@ -1,11 +1,14 @@
-"""FedRecover: L-BFGS and thresholds by hand, bad histories and requests, and the reproduced claim.
+"""FedRecover: L-BFGS and thresholds by hand, bad histories and requests, and the reproduced claims.
 
-The claim tests train ``digits-poisoned`` (10 clients, clients 0 and 1 backdoored, 40 rounds) once
-at seed 0 and compare FedRecover at its defaults, and its no-correction ablation, with the retrain
-oracle of the same seed. What is asserted is what reproduces at this size (see the entry page):
-test accuracy within 1 point of the oracle, client steps at most 20% of retraining, backdoor ASR
-far below the poisoned model's and within 10 points of the oracle (the 2-point ASR criterion does
-*not* hold at the defaults), and the ablation clearly further from the oracle.
+The fast tests use a 4-round cut of ``digits-poisoned``. The claim tests (``slow``) compare
+FedRecover at its defaults, its no-correction ablation and the controls with the retrain oracle of
+seed 0 through ``compare`` (10 clients, clients 0 and 1 backdoored, 40 rounds; the cached
+federation the notebook uses). What is asserted is what reproduces at this size, with the criteria
+named once in the entry module (see the entry page): test accuracy within ``MAX_ACCURACY_GAP`` of
+the oracle, client steps at most ``MAX_RHO_STEPS`` of retraining, backdoor ASR far below the
+poisoned model's and within ``MAX_RESIDUAL_ASR`` of the oracle (the 2-point retrain tolerance of the
+ASR does *not* hold at the defaults), and the ablation clearly further from the oracle. Each claim
+test names the control under which it fails, and asserts that failure where it is cheap.
 """
 
 from __future__ import annotations
@@ -18,8 +21,15 @@ import torch
 
 from fedunlearn import catalog
 from fedunlearn.federated.history import HistoryError
+from fedunlearn.federated.pool import InProcessPool
+from fedunlearn.federated.requests import ForgetRequest, ForgetRequestError
 from fedunlearn.incremental.fedrecover import (
-    ENTRY,
+    ABLATION_MARGIN,
+    MAX_ACCURACY_GAP,
+    MAX_RESIDUAL_ASR,
+    MAX_RHO_STEPS,
+    POISONED_ASR,
+    RECOVERY_METRICS,
     FedRecover,
     FedRecoverConfig,
     FedRecoverNoCorrection,
@@ -30,10 +40,10 @@ from fedunlearn.incremental.fedrecover import (
     lbfgs_hvp,
     unflatten,
 )
-from fedunlearn.unlearning.base import history_fingerprint, run_method, train_federation
-from fedunlearn.unlearning.evaluate import evaluate
+from fedunlearn.unlearning import cache
+from fedunlearn.unlearning.base import run_method
+from fedunlearn.unlearning.compare import compare, tolerance
 from fedunlearn.unlearning.registry import get_method
-from fedunlearn.unlearning.requests import ForgetRequest, ForgetRequestError
 from fedunlearn.unlearning.scenarios import build_scenario
 
 # ---------------------------------------------------------------- pure functions, by hand
@@ -95,42 +105,44 @@ def test_add_pair_skips_bad_curvature_and_keeps_newest() -> None:
 
 
 def test_entry_registers_both_methods() -> None:
-    assert ENTRY.methods == ("fedrecover", "fedrecover-no-correction")
-    assert catalog.get("fedrecover").implementation == "fedunlearn.incremental.fedrecover"
+    entry = catalog.get("fedrecover")
+    assert entry.methods == ("fedrecover", "fedrecover-no-correction")
+    assert entry.implementation == "fedunlearn.incremental.fedrecover"
     assert get_method("fedrecover").config == FedRecoverConfig()
     ablation_method = get_method("fedrecover-no-correction")
     assert isinstance(ablation_method, FedRecoverNoCorrection)
+    assert ablation_method.label == "fedrecover-no-correction"
     ablation = ablation_method.config
     assert (ablation.correction_period, ablation.final_rounds, ablation.tolerance_rate) == (0, 0, None)
+    assert get_method("fedrecover", final_rounds=5).label == "fedrecover[final_rounds=5]"
 
 
-# ---------------------------------------------------------------- small federations
+# ---------------------------------------------------------------- a small federation (fast)
 
 
 @pytest.fixture(scope="module")
 def small():
     """digits-poisoned cut to 4 rounds (fast), history of every round."""
-    scenario = build_scenario("digits-poisoned", seed=0)
-    config = dataclasses.replace(scenario.config, rounds=4)
-    return scenario, train_federation(scenario.task, scenario.clients, config)
+    scenario = build_scenario("digits-poisoned", seed=0).restricted(rounds=4)
+    return scenario, cache.trained_federation(scenario, 1)
 
 
 def test_all_rounds_exact_equals_retraining(small) -> None:
     scenario, run = small
-    oracle = run_method(get_method("retrain"), run, scenario.request)
+    oracle_state, oracle_cost = cache.retrained_oracle(scenario, run)
     everything = FedRecover(FedRecoverConfig(warmup_rounds=4))
     result = run_method(everything, run, scenario.request)
-    assert result.cost.client_steps == oracle.cost.client_steps
-    for key, value in oracle.state.items():
+    assert result.cost.client_steps == oracle_cost.client_steps
+    assert result.cost.server_steps == 0
+    for key, value in oracle_state.items():
         assert torch.allclose(result.state[key], value, atol=1e-6), key
 
 
 def test_history_with_another_interval_is_refused(small) -> None:
     scenario, _ = small
-    config = dataclasses.replace(scenario.config, rounds=4, record_every=2)
-    run = train_federation(scenario.task, scenario.clients, config)
+    thinned = cache.trained_federation(scenario, 2)
     with pytest.raises(HistoryError, match="record_every"):
-        run_method(FedRecover(), run, scenario.request)
+        run_method(FedRecover(), thinned, scenario.request)
 
 
 def test_history_with_missing_rounds_is_refused(small) -> None:
@@ -147,47 +159,76 @@ def test_bad_requests_are_refused(small) -> None:
         run_method(FedRecover(), run, ForgetRequest.forget_clients(99))
     with pytest.raises(ForgetRequestError, match="serves"):
         run_method(FedRecover(), run, ForgetRequest.forget_class(3))
-    partial = {c: d for c, d in scenario.clients.items() if c != 9}
-    config = dataclasses.replace(scenario.config, rounds=2)
-    absent = dataclasses.replace(train_federation(scenario.task, partial, config), clients=scenario.clients)
+    # a client in the federation that never took part in training
+    extra = {**scenario.clients, 10: dataclasses.replace(scenario.clients[9], client_id=10)}
+    joined = dataclasses.replace(run, pool=InProcessPool(run.task, extra, run.model))
     with pytest.raises(ForgetRequestError, match="never took part"):
-        run_method(FedRecover(), absent, ForgetRequest.forget_clients(9))
+        run_method(FedRecover(), joined, ForgetRequest.forget_clients(10))
 
 
-# ---------------------------------------------------------------- the reproduced claim
+# ---------------------------------------------------------------- the reproduced claims (slow)
+
+
+ALL_EXACT = ("fedrecover", {"warmup_rounds": 40})  # a broken schedule: every round asks every client
 
 
 @pytest.fixture(scope="module")
-def claim():
-    scenario = build_scenario("digits-poisoned", seed=0)
-    run = train_federation(scenario.task, scenario.clients, scenario.config)
-    before = history_fingerprint(run.history)
-    results = {name: run_method(get_method(name), run, scenario.request)
-               for name in ("retrain", "fedrecover", "fedrecover-no-correction")}
-    assert history_fingerprint(run.history) == before  # unlearning left the history untouched
-    metrics = {name: evaluate(scenario, r.state, run.model) for name, r in results.items()}
-    metrics["do-nothing"] = evaluate(scenario, run.final_state, run.model)
-    return results, metrics
+def comparison():
+    """digits-poisoned (10 clients, clients 0 and 1 backdoored, 40 rounds), seed 0, smoke size:
+    FedRecover at its defaults, its ablation and the controls against the retrain oracle, on the
+    cached federation the notebook uses. ``run_method`` (inside ``compare``) also checks that no
+    method modified the stored history."""
+    return compare("digits-poisoned", ["do-nothing", "continue-fedavg", "fedrecover", "fedrecover-no-correction",
+                                       ALL_EXACT], progress=False)
 
 
-def test_fedrecover_saves_most_client_work(claim) -> None:
-    results, _ = claim
-    rho = results["fedrecover"].cost.client_steps / results["retrain"].cost.client_steps
-    assert 0 < rho <= 0.2
-    assert results["fedrecover"].cost.server_steps > 0  # the rest was estimated on the server
+def worst_gap(cmp, label: str) -> float:
+    """The largest |gap to theta_r| over the recovery metrics (test accuracy and ASR)."""
+    return max(abs(cmp.gap(label, metric)) for metric in RECOVERY_METRICS)
 
 
-def test_fedrecover_matches_oracle_accuracy_and_removes_most_of_the_backdoor(claim) -> None:
-    _, m = claim
-    assert m["do-nothing"]["asr"] > 0.8  # the poisoned model carries the backdoor
-    assert abs(m["fedrecover"]["test_acc"] - m["retrain"]["test_acc"]) <= 0.01
-    assert m["fedrecover"]["asr"] <= m["retrain"]["asr"] + 0.10
+@pytest.mark.slow
+def test_fedrecover_saves_most_client_work(comparison) -> None:
+    """Claim 2: 0 < rho_steps <= MAX_RHO_STEPS (at least 80% of client steps saved; the paper 88%),
+    the rest estimated on the server.
+
+    Fails under do-nothing (no work at all: rho_steps 0, no estimates; asserted) and under a
+    broken schedule that asks every client in every round (``fedrecover[warmup_rounds=40]``:
+    rho_steps 1, it is train-from-scratch; asserted).
+    """
+    cmp = comparison
+    assert 0 < cmp.rho("fedrecover") <= MAX_RHO_STEPS
+    assert cmp.rho("fedrecover[warmup_rounds=40]") == 1
+    assert cmp.per_seed[0]["methods"]["fedrecover"]["cost"]["server_steps"] > 0
+    assert cmp.rho("do-nothing") == 0 and cmp.per_seed[0]["methods"]["do-nothing"]["cost"]["server_steps"] == 0
 
 
-def test_recovery_without_corrections_is_clearly_worse(claim) -> None:
-    _, m = claim
+@pytest.mark.slow
+def test_fedrecover_matches_oracle_accuracy_and_removes_most_of_the_backdoor(comparison) -> None:
+    """Claim 1, as far as it reproduces here: theta_o carries the backdoor (ASR above
+    POISONED_ASR), FedRecover's test accuracy is within MAX_ACCURACY_GAP of theta_r's and its ASR
+    at most MAX_RESIDUAL_ASR above. (ASR within the 2-point retrain tolerance does not hold at the
+    defaults and is not asserted; the page reports it.)
 
-    def worst_gap(name: str) -> float:
-        return max(abs(m[name][k] - m["retrain"][k]) for k in ("test_acc", "asr"))
+    Fails under do-nothing (ASR +0.98), continue-fedavg (+0.93) and the ablation
+    ``fedrecover-no-correction`` (+0.41); all three asserted.
+    """
+    cmp = comparison
+    assert cmp.value("original", "asr") > POISONED_ASR  # the poisoned model carries the backdoor
+    assert abs(cmp.gap("fedrecover", "test_acc")) <= MAX_ACCURACY_GAP
+    assert cmp.gap("fedrecover", "asr") <= MAX_RESIDUAL_ASR
+    for control in ("do-nothing", "continue-fedavg", "fedrecover-no-correction"):
+        assert cmp.gap(control, "asr") > MAX_RESIDUAL_ASR
+    assert MAX_RESIDUAL_ASR > tolerance("asr")  # the weaker criterion, named as such
 
-    assert worst_gap("fedrecover-no-correction") >= worst_gap("fedrecover") + 0.05
+
+@pytest.mark.slow
+def test_recovery_without_corrections_is_clearly_worse(comparison) -> None:
+    """Claim 3: without periodic correction, abnormality fixing and final tuning, the worst gap to
+    theta_r (test accuracy or ASR) is larger by at least ABLATION_MARGIN.
+
+    Fails when the corrections are broken (exact rounds after warm-up never asked: FedRecover then
+    is its ablation, margin 0) and under the ablation in FedRecover's place.
+    """
+    cmp = comparison
+    assert worst_gap(cmp, "fedrecover-no-correction") >= worst_gap(cmp, "fedrecover") + ABLATION_MARGIN

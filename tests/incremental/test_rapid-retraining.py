@@ -1,9 +1,11 @@
 """Rapid retraining: the Fisher-Newton step by hand, bad inputs, and the reproduced claim.
 
-Unit tests check the optimiser and the helpers against hand-computed numbers and run the method
-on a tiny federation (3 small clients, 3 rounds) for every request granularity and for bad
-inputs. The claim test trains ``digits-backdoor`` (seed 0) once and compares rapid retraining at
-its defaults with the retrain oracle of the same seed.
+Unit tests check the optimiser, its registration as the local optimiser ``diag-fisher``, the
+clients' loss report and the helpers against hand-computed numbers, and run the method on a tiny
+federation (3 small clients, 3 rounds) for every request granularity and for bad inputs. The claim
+tests (``slow``) run the comparison engine on ``digits-backdoor`` (seed 0; federation and oracles
+from the shared cache) and compare rapid retraining at its defaults with the retrain oracle of the
+same seed; each also applies its check to a named control and asserts that it fails there.
 """
 
 from __future__ import annotations
@@ -18,25 +20,30 @@ from torch import nn
 
 from fedunlearn import catalog
 from fedunlearn.federated.client import ClientData
-from fedunlearn.federated.costs import CostCounter
+from fedunlearn.federated.costs import CostCounter, state_bytes
 from fedunlearn.federated.history import HistoryError
-from fedunlearn.federated.loop import FederationConfig
+from fedunlearn.federated.pool import InProcessPool
+from fedunlearn.federated.requests import ForgetRequest, ForgetRequestError
 from fedunlearn.federated.task import ClassificationTask
+from fedunlearn.federated.training import OPTIMIZERS, FederationConfig, LocalPlan, client_update
 from fedunlearn.incremental.rapid_retraining import (
     ENTRY,
+    MAX_RHO_STEPS,
     DiagonalFisherNewton,
     RapidRetraining,
     RapidRetrainingConfig,
+    fisher_plan,
     rapid_retrain,
-    retained_loss,
     rounds_to_band,
 )
 from fedunlearn.unlearning.base import history_fingerprint, run_method, train_federation
-from fedunlearn.unlearning.evaluate import evaluate
+from fedunlearn.unlearning.compare import BACKDOOR_MARGIN, Comparison, compare, tolerance
 from fedunlearn.unlearning.registry import get_method
-from fedunlearn.unlearning.requests import ForgetRequest, ForgetRequestError, split_clients
 from fedunlearn.unlearning.scenarios import build_scenario
 
+RAPID = "rapid-retraining"
+SGD_SAME_STOP = "rapid-retraining[optimizer=original]"
+ADAM_STYLE = "rapid-retraining[power=0.5]"
 
 # ---------------------------------------------------------------- the optimiser, by hand
 
@@ -89,40 +96,88 @@ def test_optimizer_rejects_bad_hyperparameters() -> None:
     with pytest.raises(ValueError):
         DiagonalFisherNewton(w, betas=(1.0, 0.5))
     with pytest.raises(ValueError, match="unknown optimizer"):
-        rapid_retrain(None, {}, {}, FederationConfig(), RapidRetrainingConfig(optimizer="adamw"),
-                      CostCounter())
+        rapid_retrain(None, ForgetRequest.forget_clients(0), {}, FederationConfig(),
+                      RapidRetrainingConfig(optimizer="adamw"), CostCounter())
 
 
-# ---------------------------------------------------------------- helpers, by hand
+# ---------------------------------------------------------------- the optimiser as the clients build it
 
 
-def test_retained_loss_is_sample_weighted_mean() -> None:
+def test_diag_fisher_is_registered_with_its_options() -> None:
+    w = [nn.Parameter(torch.zeros(2))]
+    optimizer = OPTIMIZERS.get("diag-fisher")(w, lr=0.1, momentum=0.5, beta1=0.5, beta2=0.25, damping=0.01,
+                                              power=0.5)
+    assert isinstance(optimizer, DiagonalFisherNewton)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["betas"], group["damping"], group["power"]) == (0.1, (0.5, 0.25), 0.01, 0.5)
+
+
+def test_fisher_plan_carries_the_paper_settings_and_travels_as_plain_config() -> None:
+    request = ForgetRequest.forget_clients(0)
+    plan = fisher_plan(request, RapidRetrainingConfig())
+    assert (plan.data, plan.optimizer, plan.lr) == ("retained", "diag-fisher", 1e-3)
+    assert dict(plan.optimizer_options) == {"beta1": 0.9, "beta2": 0.999, "damping": 1e-3, "power": 1.0}
+    assert LocalPlan.from_config(plan.to_config()) == plan  # what a Flower client rebuilds
+    original = fisher_plan(request, RapidRetrainingConfig(optimizer="original"))
+    assert (original.optimizer, original.lr, original.optimizer_options) == (None, None, ())
+
+
+def _linear_task() -> tuple[ClassificationTask, nn.Module]:
     task = ClassificationTask(lambda: nn.Linear(1, 2, bias=False))
-    model = task.build_model()
+    return task, task.build_model()
+
+
+def test_one_client_step_with_the_fisher_plan_matches_hand_computation() -> None:
+    # Logits z = W x with W = [1, 0]^T, one example x = 1, y = 0. Cross-entropy gradient:
+    # dz = softmax(z) - e_0 = (-s, s) with s = 1 / (1 + e); dW = dz x. First Fisher step
+    # (bias-corrected m = g, f = g^2): update = -eta g / (g^2 + lambda) at the paper's eta and our lambda.
+    task, model = _linear_task()
+    data = ClientData(0, {"x": torch.ones(1, 1), "y": torch.tensor([0])}, torch.tensor([0]))
+    plan = fisher_plan(ForgetRequest.forget_clients(1), RapidRetrainingConfig())  # client 0 keeps its example
+    counter = CostCounter()
+    update, n = client_update(task, model, {"weight": torch.tensor([[1.0], [0.0]])}, data,
+                              FederationConfig(batch_size=1, lr=0.5), 0, plan, counter)
+    s = 1 / (1 + math.e)
+    step = 1e-3 * s / (s * s + 1e-3)
+    assert torch.allclose(update["weight"], torch.tensor([[step], [-step]]), atol=1e-7)
+    assert n == 1 and counter.client_steps == 1
+
+
+# ---------------------------------------------------------------- the clients' loss report, by hand
+
+
+def test_clients_report_a_sample_weighted_mean_loss_and_the_state_is_counted() -> None:
+    task, model = _linear_task()
     state = {"weight": torch.tensor([[1.0], [0.0]])}  # logits of x = 1: [1, 0]
     one = ClientData(0, {"x": torch.ones(1, 1), "y": torch.tensor([0])}, torch.tensor([0]))
     three = ClientData(1, {"x": torch.ones(3, 1), "y": torch.ones(3, dtype=torch.long)},
                        torch.tensor([1, 2, 3]))
+    pool = InProcessPool(task, {0: one, 1: three}, model)
     # per example: y = 0 -> log(1 + e^-1); y = 1 -> log(1 + e^1); mean over 4 examples
     expected = (math.log(1 + math.exp(-1)) + 3 * math.log(1 + math.exp(1))) / 4
-    loss = retained_loss(task, model, {0: one, 1: three}, state)
-    assert loss == pytest.approx(expected, rel=1e-6)
+    counter = CostCounter()
+    assert pool.evaluate(state, [0, 1], LocalPlan(), counter) == pytest.approx(expected, rel=1e-6)
+    assert counter.bytes_down == 2 * state_bytes(state) and counter.client_steps == 0
+    # retained data only: forgetting client 1 leaves client 0's single example
+    retained = LocalPlan("retained", ForgetRequest.forget_clients(1))
+    assert pool.evaluate(state, [0], retained, CostCounter()) == pytest.approx(math.log(1 + math.exp(-1)))
 
 
 def test_rounds_to_band_is_first_round_within_tolerance() -> None:
     reference = {"test_acc": 0.90, "asr": 0.0}
     curve = [{"test_acc": 0.50, "asr": 0.0}, {"test_acc": 0.89, "asr": 0.10},
              {"test_acc": 0.93, "asr": 0.01}, {"test_acc": 0.91, "asr": 0.0}]
-    band = {"test_acc": 0.02, "asr": 0.02}
+    band = {m: tolerance(m) for m in ("test_acc", "asr")}  # 2 points each
     # round 2: ASR 10 points above; round 3: accuracy 3 points above (two-sided); round 4 fits
     assert rounds_to_band(curve, reference, band) == 4
     assert rounds_to_band(curve[:3], reference, band) is None
 
 
 def test_entry_registers_the_method() -> None:
-    assert catalog.get("rapid-retraining").methods == ("rapid-retraining",)
+    assert catalog.get("rapid-retraining").methods == (RAPID,)
     assert ENTRY.citation_keys == ("liu2022right",)
-    assert isinstance(get_method("rapid-retraining"), RapidRetraining)
+    assert isinstance(get_method(RAPID), RapidRetraining)
+    assert get_method(RAPID, optimizer="original").label == SGD_SAME_STOP
     assert RapidRetraining.granularities == {"client", "class", "records"}
 
 
@@ -136,12 +191,13 @@ def tiny():
     clients = {c: d.select(torch.arange(d.num_samples) < 24)
                for c, d in scenario.clients.items() if c < 3}
     config = FederationConfig(rounds=3, clients_per_round=2, batch_size=8, lr=0.1, seed=0)
-    return scenario.task, clients, train_federation(scenario.task, clients, config)
+    pool = InProcessPool(scenario.task, clients)
+    return scenario.task, pool, train_federation(scenario.task, pool, config)
 
 
 def test_every_granularity_runs_and_counts_client_steps(tiny) -> None:
-    _, clients, run = tiny
-    record_ids = clients[1].record_ids[:5].tolist()
+    _, pool, run = tiny
+    record_ids = pool.clients[1].record_ids[:5].tolist()
     for request in (ForgetRequest.forget_clients(0), ForgetRequest.forget_class(3),
                     ForgetRequest.forget_records(record_ids)):
         before = history_fingerprint(run.history)
@@ -162,17 +218,17 @@ def test_history_with_missing_rounds_is_refused(tiny) -> None:
 
 def test_history_recorded_with_another_interval_is_accepted(tiny) -> None:
     # Rapid retraining only reads w_0 from the history: any recording interval will do.
-    task, clients, run = tiny
-    sparse = train_federation(task, clients, dataclasses.replace(run.config, record_every=2))
+    task, pool, run = tiny
+    sparse = train_federation(task, pool, dataclasses.replace(run.config, record_every=2))
     result = run_method(RapidRetraining(), sparse, ForgetRequest.forget_clients(0))
     assert result.cost.client_steps > 0
 
 
 def test_unknown_or_absent_client_is_refused(tiny) -> None:
-    task, clients, tiny_run = tiny
+    task, pool, tiny_run = tiny
     # One round with 2 of the 3 clients: one client never takes part.
-    run = train_federation(task, clients, dataclasses.replace(tiny_run.config, rounds=1))
-    absent = sorted(set(run.clients) - run.history.clients)
+    run = train_federation(task, pool, dataclasses.replace(tiny_run.config, rounds=1))
+    absent = sorted(set(pool.client_ids()) - run.history.clients)
     assert len(absent) == 1
     with pytest.raises(ForgetRequestError, match="never took part"):
         run_method(RapidRetraining(), run, ForgetRequest.forget_clients(absent[0]))
@@ -181,10 +237,10 @@ def test_unknown_or_absent_client_is_refused(tiny) -> None:
 
 
 def test_stopping_rule_stops_at_target_and_zero_slack_runs_all_rounds(tiny) -> None:
-    task, clients, run = tiny
-    retained, _ = split_clients(clients, ForgetRequest.forget_clients(0))
+    _, pool, run = tiny
+    request = ForgetRequest.forget_clients(0)  # clients 1 and 2 remain: both train every round
     config = RapidRetrainingConfig()
-    _, losses = rapid_retrain(task, retained, run.init_state, run.config,
+    _, losses = rapid_retrain(pool, request, run.init_state, run.config,
                               dataclasses.replace(config, loss_slack=0), CostCounter())
     assert len(losses) == run.config.rounds
     # With theta_o's loss replaced by the loss after round 2, the run stops at the first round
@@ -192,46 +248,70 @@ def test_stopping_rule_stops_at_target_and_zero_slack_runs_all_rounds(tiny) -> N
     target = losses[1]
     expected = next(i for i, loss in enumerate(losses) if loss <= target) + 1
     counter = CostCounter()
-    _, stopped = rapid_retrain(task, retained, run.init_state, run.config, config, counter,
+    _, stopped = rapid_retrain(pool, request, run.init_state, run.config, config, counter,
                                target_loss=target)
     assert stopped == losses[:expected]
     assert counter.client_rounds == expected * 2  # 2 clients per round
+    # Bytes per round: the state down to 2 trainers and to 2 loss reporters, 2 updates up.
+    model = state_bytes(run.init_state)
+    assert counter.bytes_down == expected * 4 * model and counter.bytes_up == expected * 2 * model
+
+
+def test_the_method_asks_the_clients_for_the_target_loss_too(tiny) -> None:
+    # theta_o's retained loss (one request to the 2 holders), then T rounds of training + report.
+    _, _, run = tiny
+    result = run_method(RapidRetraining(RapidRetrainingConfig(loss_slack=0)), run, ForgetRequest.forget_clients(0))
+    model = state_bytes(run.init_state)
+    rounds = run.config.rounds
+    assert result.cost.client_rounds == rounds * 2
+    assert result.cost.bytes_down == (2 + rounds * 4) * model
+    assert result.cost.bytes_up == rounds * 2 * model
 
 
 # ---------------------------------------------------------------- the reproduced claim
 
 
 @pytest.fixture(scope="module")
-def backdoor():
-    scenario = build_scenario("digits-backdoor", seed=0)
-    run = train_federation(scenario.task, scenario.clients, scenario.config)
-    oracle = run_method(get_method("retrain"), run, scenario.request)
-    return scenario, run, oracle, evaluate(scenario, oracle.state, run.model)
+def backdoor() -> Comparison:
+    """digits-backdoor, seed 0 (cached θ_o, θ_r): rapid retraining, two ablations, do-nothing."""
+    return compare("digits-backdoor", ["do-nothing", RAPID, (RAPID, {"optimizer": "original"}),
+                                       (RAPID, {"power": 0.5})], seeds=(0,), progress=False)
 
 
-def test_reproduced_claim_against_the_retrain_oracle(backdoor) -> None:
-    """Asserted: rapid retraining at its defaults is retrain-equivalent on test accuracy (within 2
-    points) and backdoor ASR (at most 2 points above θ_r) using at most half of the oracle's client
-    steps. Measured on seeds 0-6: ρ_steps 0.35-0.45 (the rule stops after 7-9 of 20 rounds), ASR
-    gap 0 at every seed, test accuracy gaps within 0.9 points except seed 4 (-2.7 points, on a
-    225-image test set), so the accuracy band is asserted at seed 0 only. θ_o's ASR is checked to
-    be far above θ_r's, so the ASR comparison is informative."""
-    scenario, run, oracle, reference = backdoor
-    original = evaluate(scenario, run.final_state, run.model)
-    assert original["asr"] > reference["asr"] + 0.2
-    result = run_method(RapidRetraining(), run, scenario.request)
-    mine = evaluate(scenario, result.state, run.model)
-    assert abs(mine["test_acc"] - reference["test_acc"]) <= 0.02
-    assert mine["asr"] <= reference["asr"] + 0.02
-    assert result.cost.client_steps <= 0.5 * oracle.cost.client_steps
+def retrain_equivalent_in_few_steps(comparison: Comparison, label: str) -> bool:
+    """Test accuracy and ASR in the retrain band, at ρ_steps <= MAX_RHO_STEPS."""
+    return (comparison.equivalent(label, "test_acc") and comparison.equivalent(label, "asr")
+            and comparison.rho(label, "steps") <= MAX_RHO_STEPS)
 
 
-def test_speed_up_comes_from_the_optimiser_not_the_stopping_rule(backdoor) -> None:
-    """Asserted: with the same stopping rule but the scenario's SGD, retraining takes more client
-    steps than with the Fisher optimiser (measured: it never reaches θ_o's retained loss within
-    T rounds, so it costs as much as the oracle)."""
-    scenario, run, oracle, _ = backdoor
-    fisher = run_method(RapidRetraining(), run, scenario.request)
-    same_stop = RapidRetraining(RapidRetrainingConfig(optimizer="original"))
-    sgd = run_method(same_stop, run, scenario.request)
-    assert fisher.cost.client_steps < sgd.cost.client_steps <= oracle.cost.client_steps
+def fewer_steps_than_sgd_with_the_same_stop(comparison: Comparison, label: str) -> bool:
+    """Client steps: ``label`` < SGD with the same stopping rule <= retraining, at every seed."""
+    rows = comparison.per_seed
+    return all(row["methods"][label]["cost"]["client_steps"] < row["methods"][SGD_SAME_STOP]["cost"]["client_steps"]
+               <= row["oracle_cost"]["client_steps"] for row in rows)
+
+
+@pytest.mark.slow
+def test_reproduced_claim_against_the_retrain_oracle(backdoor: Comparison) -> None:
+    """Rapid retraining at its defaults is retrain-equivalent on test accuracy and backdoor ASR
+    (the retrain band, 2 points at seed 0) using at most MAX_RHO_STEPS of the oracle's client steps
+    (measured at seed 0: ρ_steps 0.40, the rule stops after 8 of 20 rounds; test accuracy +0.4
+    points; ASR 0 like θ_r). During development on seeds 0-6 the accuracy gap left the band at one
+    seed (4), so the claim is asserted at seed 0. θ_o's ASR is more than BACKDOOR_MARGIN above
+    θ_r's, so the ASR comparison is informative. Fails under do-nothing (ASR) and under the ablation
+    ``optimizer="original"`` (ρ_steps 1), as asserted."""
+    assert backdoor.informative("asr")
+    assert backdoor.value("original", "asr") > backdoor.value("retrain", "asr") + BACKDOOR_MARGIN
+    assert retrain_equivalent_in_few_steps(backdoor, RAPID)
+    for control in ("do-nothing", SGD_SAME_STOP):
+        assert not retrain_equivalent_in_few_steps(backdoor, control)
+
+
+@pytest.mark.slow
+def test_speed_up_comes_from_the_optimiser_not_the_stopping_rule(backdoor: Comparison) -> None:
+    """With the same stopping rule but the scenario's SGD, retraining takes more client steps than
+    with the Fisher optimiser (measured: it never reaches θ_o's retained loss within T rounds, so
+    it costs as much as the oracle). Fails under a broken step, the Adam-style ``power=0.5`` at
+    the paper's η (it too never reaches the target: as many steps as SGD), as asserted."""
+    assert fewer_steps_than_sgd_with_the_same_stop(backdoor, RAPID)
+    assert not fewer_steps_than_sgd_with_the_same_stop(backdoor, ADAM_STYLE)

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from fedunlearn.federated.client import ClientData
+from fedunlearn.federated.requests import ForgetRequest, ForgetRequestError, split_clients, validate
 from fedunlearn.unlearning.base import UnlearningMethod, run_method
 from fedunlearn.unlearning.controls import Retrain
-from fedunlearn.unlearning.requests import ForgetRequest, ForgetRequestError, split_clients, validate
 
 
 def _clients():

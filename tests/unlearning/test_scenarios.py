@@ -2,7 +2,7 @@
 
 import pytest
 
-from fedunlearn.unlearning.requests import ForgetRequestError
+from fedunlearn.federated.requests import ForgetRequestError
 from fedunlearn.unlearning.scenarios import build_scenario
 
 

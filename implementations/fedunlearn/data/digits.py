@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 
 TRIGGER_PIXELS = (54, 55, 62, 63)  # rows 6-7, columns 6-7 of the 8x8 image
 
@@ -37,6 +36,8 @@ class DigitsSplit:
 
 def load_split(seed: int, test_fraction: float = 0.25) -> DigitsSplit:
     """Seeded stratified train/test split of the bundled digits."""
+    from sklearn.datasets import load_digits  # imported here: scikit-learn takes a second to import
+
     bunch = load_digits()
     x = bunch.data.astype(np.float32) / 16.0
     y = bunch.target.astype(np.int64)

@@ -43,11 +43,11 @@ def partition_indices(
     min_size: int = 10,
     shards_per_client: int = 2,
 ) -> list[np.ndarray]:
-    """Row indices of each client for a named partition.
+    r"""Row indices of each client for a named partition.
 
     Args:
         labels: Class of every training row.
-        partition_name: ``"iid"``, ``"dirichlet"`` (label skew, Dirichlet($\\alpha$) class shares)
+        partition_name: ``"iid"``, ``"dirichlet"`` (label skew, Dirichlet($\alpha$) class shares)
             or ``"shards"`` (FedAvg's pathological non-IID split: sorted by label, dealt in shards).
         num_clients: Number of clients.
         seed: Seed of the partition.

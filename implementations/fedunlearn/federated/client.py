@@ -44,7 +44,7 @@ class ClientData:
         """Number of examples (the FedAvg weight)."""
         return len(self.record_ids)
 
-    def select(self, keep: torch.Tensor) -> "ClientData":
+    def select(self, keep: torch.Tensor) -> ClientData:
         """A copy holding only the examples where the boolean mask ``keep`` is true."""
         return ClientData(
             client_id=self.client_id,

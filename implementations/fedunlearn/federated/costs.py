@@ -7,9 +7,9 @@ a method. Unlearning cost ratios (``rho_steps``, ``rho_time``, ``rho_comm``) div
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
-from typing import Iterator, Mapping
 
 import torch
 
@@ -60,7 +60,7 @@ class CostCounter:
             self.wall_time_s += time.perf_counter() - start
             self._timing = False
 
-    def add(self, other: "CostCounter") -> None:
+    def add(self, other: CostCounter) -> None:
         """Add another counter into this one."""
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))

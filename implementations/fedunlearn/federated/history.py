@@ -1,8 +1,8 @@
-"""Training history: what incremental unlearning methods replay.
+r"""Training history: what incremental unlearning methods replay.
 
 The loop records, for every round $t$, the participants and their sample counts; every
-``record_every`` ($\\Delta t$) rounds it also keeps the global state $w_t$ the clients received and
-each participant's update $\\Delta^k_t$. The history lives in memory and can be saved to a
+``record_every`` ($\Delta t$) rounds it also keeps the global state $w_t$ the clients received and
+each participant's update $\Delta^k_t$. The history lives in memory and can be saved to a
 directory of safetensors files plus a ``manifest.json`` holding each file's SHA-256 and size.
 
 Writes are atomic (a complete new directory replaces the old one), and loading verifies every
@@ -17,9 +17,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from safetensors.torch import load as load_safetensors_bytes
@@ -36,16 +36,37 @@ class HistoryError(Exception):
     """A history that cannot be used: corrupted, incomplete, or not what a method needs."""
 
 
+def read_verified(file: Path, sha256: str, size: int | None = None) -> State:
+    """A safetensors file checked against its recorded size and SHA-256, keys sorted.
+
+    Raises:
+        HistoryError: Naming the file if it is missing, truncated, altered or unreadable.
+    """
+    if not file.is_file():
+        raise HistoryError(f"{file}: missing")
+    payload = file.read_bytes()
+    if size is not None and len(payload) != size:
+        raise HistoryError(f"{file}: {len(payload)} bytes, manifest says {size} (truncated?)")
+    if hashlib.sha256(payload).hexdigest() != sha256:
+        raise HistoryError(f"{file}: checksum mismatch (file altered or corrupted)")
+    try:
+        # safetensors returns tensors in no fixed order; sorted, every loaded state dict (and
+        # every client's update) has the same key order
+        return dict(sorted(load_safetensors_bytes(payload).items()))
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+        raise HistoryError(f"{file}: unreadable safetensors ({exc})") from exc
+
+
 @dataclass
 class RoundRecord:
-    """One round of federated training.
+    r"""One round of federated training.
 
     Attributes:
         round_index: Round number $t$.
         participants: Clients that trained in this round (sorted).
         sample_counts: Client id -> $n_k$ used as its FedAvg weight.
         global_state: The state $w_t$ sent to clients, or ``None`` if this round was not kept.
-        client_updates: Client id -> $\\Delta^k_t$ (empty if this round was not kept).
+        client_updates: Client id -> $\Delta^k_t$ (empty if this round was not kept).
     """
 
     round_index: int
@@ -61,11 +82,11 @@ class RoundRecord:
 
 
 class TrainingHistory:
-    """Per-round record of a federated run.
+    r"""Per-round record of a federated run.
 
     Args:
         init_state: The initial state $w_0$.
-        record_every: Keep tensors every this many rounds ($\\Delta t \\geq 1$).
+        record_every: Keep tensors every this many rounds ($\Delta t \geq 1$).
         metadata: Free-form JSON-serialisable facts (config, scenario, seed).
     """
 
@@ -117,11 +138,41 @@ class TrainingHistory:
             total += state_bytes(r.global_state) + sum(state_bytes(u) for u in r.client_updates.values())
         return total
 
-    def require(self, *, record_every: int | None = None, rounds: int | None = None) -> None:
-        """Check that this history is what a method needs.
+    def recorded_bytes(self) -> int:
+        """Bytes of the tensors the rounds kept (global states and updates; what the loop adds to
+        ``CostCounter.history_bytes``)."""
+        return sum(state_bytes(r.global_state) + sum(state_bytes(u) for u in r.client_updates.values())
+                   for r in self.kept_rounds)
+
+    def thinned(self, record_every: int) -> TrainingHistory:
+        """The history that recording every ``record_every`` rounds would have kept.
+
+        Recording does not change training, so a history kept every round can stand for any
+        interval: rounds off the new interval drop their tensors. Tensors are shared, not copied.
 
         Raises:
-            HistoryError: If it was recorded with another $\\Delta t$, or rounds are missing.
+            HistoryError: If ``record_every`` is not a multiple of this history's interval.
+        """
+        if record_every < 1 or record_every % self.record_every:
+            raise HistoryError(f"a history kept every {self.record_every} round(s) cannot stand for "
+                               f"record_every={record_every}")
+        metadata = dict(self.metadata)
+        if isinstance(metadata.get("config"), dict):
+            metadata["config"] = {**metadata["config"], "record_every": record_every}
+        out = TrainingHistory({}, record_every, metadata)
+        out.init_state, out.final_state = self.init_state, self.final_state
+        for r in self.rounds:
+            keep = r.round_index % record_every == 0
+            out.rounds.append(RoundRecord(r.round_index, list(r.participants), dict(r.sample_counts),
+                                          r.global_state if keep else None,
+                                          dict(r.client_updates) if keep else {}))
+        return out
+
+    def require(self, *, record_every: int | None = None, rounds: int | None = None) -> None:
+        r"""Check that this history is what a method needs.
+
+        Raises:
+            HistoryError: If it was recorded with another $\Delta t$, or rounds are missing.
         """
         if record_every is not None and self.record_every != record_every:
             raise HistoryError(
@@ -199,7 +250,7 @@ class TrainingHistory:
         return target
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "TrainingHistory":
+    def load(cls, path: str | os.PathLike) -> TrainingHistory:
         """Read and verify a history written by [`save`][fedunlearn.federated.history.TrainingHistory.save].
 
         Raises:
@@ -217,24 +268,10 @@ class TrainingHistory:
             raise HistoryError(f"{manifest_path}: not a {FORMAT} v{VERSION} manifest")
 
         def read(name: str) -> State:
-            file = root / name
             expected = manifest["files"].get(name)
             if expected is None:
-                raise HistoryError(f"{file}: not listed in the manifest")
-            if not file.is_file():
-                raise HistoryError(f"{file}: missing")
-            payload = file.read_bytes()
-            if len(payload) != expected["bytes"]:
-                raise HistoryError(f"{file}: {len(payload)} bytes, manifest says {expected['bytes']} (truncated?)")
-            if hashlib.sha256(payload).hexdigest() != expected["sha256"]:
-                raise HistoryError(f"{file}: checksum mismatch (file altered or corrupted)")
-            try:
-                # safetensors returns tensors in no fixed order; sort so that every loaded state
-                # dict (and every client's update) has the same key order, as
-                # weighted_average and other order-sensitive consumers expect
-                return dict(sorted(load_safetensors_bytes(payload).items()))
-            except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-                raise HistoryError(f"{file}: unreadable safetensors ({exc})") from exc
+                raise HistoryError(f"{root / name}: not listed in the manifest")
+            return read_verified(root / name, expected["sha256"], expected["bytes"])
 
         history = cls(read("init.safetensors"), manifest["record_every"], manifest.get("metadata"))
         for meta in manifest["rounds"]:

@@ -1,10 +1,10 @@
-"""Partitioners: how examples are spread over clients.
+r"""Partitioners: how examples are spread over clients.
 
 Each returns one index array per client; the arrays are disjoint and together cover every example.
 
 - [`iid`][fedunlearn.federated.partition.iid]: a seeded shuffle cut into near-equal parts.
 - [`dirichlet`][fedunlearn.federated.partition.dirichlet]: label skew; client shares of each class
-  drawn from Dirichlet($\\alpha$) (small $\\alpha$ = more skew), as in Hsu et al. 2019.
+  drawn from Dirichlet($\alpha$) (small $\alpha$ = more skew), as in Hsu et al. 2019.
 - [`shards`][fedunlearn.federated.partition.shards]: FedAvg's pathological non-IID split (sort by
   label, cut into shards, deal a few shards to each client).
 - [`by_owner`][fedunlearn.federated.partition.by_owner]: all records of one data owner land on one
@@ -25,7 +25,7 @@ def iid(num_examples: int, num_clients: int, seed: int) -> list[np.ndarray]:
 
 
 def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int, min_size: int = 1) -> list[np.ndarray]:
-    """Label-skewed split: for each class, client shares ~ Dirichlet($\\alpha$).
+    r"""Label-skewed split: for each class, client shares ~ Dirichlet($\alpha$).
 
     Draws are repeated (same generator, so still deterministic) until every client holds at
     least ``min_size`` examples.

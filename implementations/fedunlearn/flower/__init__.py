@@ -1,24 +1,29 @@
 """Running the package's federation on Flower (optional extra ``flower``: ``pip install -e ".[flower]"``).
 
-The Flower app in this folder moves the package's own federated loop onto real processes: a
-SuperLink, and one SuperNode per client partition. Nothing is re-implemented for Flower:
+The Flower app in this folder puts the package's clients on real processes: a SuperLink, and one
+SuperNode per client partition. It adds one thing, an implementation of the client seam
+[`ClientPool`][fedunlearn.federated.pool.ClientPool], and re-implements nothing:
 
-- [`client_app`][fedunlearn.flower.client_app] rebuilds the scenario from the seed in the run
-  config, takes the partition named by its SuperNode's ``--node-config "partition-id=N"`` and
-  trains it with [`client_update`][fedunlearn.federated.loop.client_update];
-- [`server_app`][fedunlearn.flower.server_app] samples clients with
-  [`sample_clients`][fedunlearn.federated.loop.sample_clients], averages their updates with
-  [`server_aggregate`][fedunlearn.federated.loop.server_aggregate], records a
-  [`TrainingHistory`][fedunlearn.federated.history.TrainingHistory] and saves it; a later run
-  (``mode = "unlearn"``) reads it back and serves a forget request on the remaining SuperNodes;
-- [`settings`][fedunlearn.flower.settings] parses the run config and converts state dicts to and
-  from Flower's ``ArrayRecord``; it is shared by both apps and by the in-process reference.
+- [`pool`][fedunlearn.flower.pool] — [`FlowerPool`][fedunlearn.flower.pool.FlowerPool], the
+  ServerApp's pool: each training or evaluation request of the round loop or of a method becomes
+  one message per participant;
+- [`client_app`][fedunlearn.flower.client_app] — the ClientApp: rebuilds the scenario from the
+  seed in the run config, takes the partition named by its SuperNode's ``--node-config
+  "partition-id=N"`` and answers with
+  [`client_update`][fedunlearn.federated.training.client_update] or
+  [`client_loss`][fedunlearn.federated.pool.client_loss], as the in-process pool does;
+- [`server_app`][fedunlearn.flower.server_app] — the ServerApp: trains with
+  [`train_federation`][fedunlearn.unlearning.base.train_federation] and saves the history, or
+  (``mode = "unlearn"``) serves a forget request with any registered method through
+  [`run_method`][fedunlearn.unlearning.base.run_method];
+- [`settings`][fedunlearn.flower.settings] — the run config and the message format, shared by
+  both apps and by the in-process twin of a run.
 
 Only the trainable state travels (every weight of the digits MLP; only the LoRA adapter tensors of
 the tiny language model). With the same seed and partitions, a Flower run gives the same state
-dict as [`run_federation`][fedunlearn.federated.loop.run_federation] (up to float rounding).
+dict as the in-process run (up to float rounding).
 
-This package imports no Flower module itself; ``client_app`` and ``server_app`` do.
+This package imports no Flower module itself; ``pool``, ``client_app`` and ``server_app`` do.
 """
 
 from pathlib import Path

@@ -1,94 +1,197 @@
-"""The ClientApp: one SuperNode trains one partition with the package's
-[`client_update`][fedunlearn.federated.loop.client_update].
+r"""The ClientApp: one SuperNode serves one client of the federation through the client seam.
 
 A SuperNode started with ``--node-config "partition-id=N"`` serves client ``N`` of the scenario
-named in the run config, which the ClientApp rebuilds from its seed. It uses one torch thread
-unless the node config says otherwise (``"partition-id=N torch-threads=4"``): the embedded models
-are tiny, and SuperNodes sharing a machine that each take every core slow each other down. It
-answers two messages:
+named in the run config, which the ClientApp rebuilds from its seed (no data travels). It uses one
+torch thread unless the node config says otherwise (``"partition-id=N torch-threads=4"``): the
+embedded models are tiny, and SuperNodes sharing a machine that each take every core slow each
+other down. It answers the three messages of
+[`FlowerPool`][fedunlearn.flower.pool.FlowerPool] (formats in
+[`settings`][fedunlearn.flower.settings]):
 
-- ``query``: its partition id and how many examples it holds, in all and after the forget request
-  (``num-retained``), so the ServerApp can address clients by id and leave out the forgotten ones;
-- ``train``: the global state (``ArrayRecord`` ``"state"``) and a ``ConfigRecord`` ``"config"``
-  with ``round``, ``retained`` (train on the data kept after the forget request only),
-  ``local-epochs`` and ``local-steps`` (overrides, negative = the scenario's). It replies with the
-  update $\\Delta^k_t$ (``ArrayRecord`` ``"update"``) and a ``MetricRecord`` ``"metrics"`` with
-  ``partition-id``, ``num-examples`` (the FedAvg weight) and ``client-steps``.
+- ``query``: its partition id and example count and, when the message carries a plan, how many
+  examples the plan selects (the forget request is in the plan);
+- ``train``: [`client_update`][fedunlearn.federated.training.client_update] from the received
+  state under the received [`LocalPlan`][fedunlearn.federated.training.LocalPlan] and
+  [`FederationConfig`][fedunlearn.federated.training.FederationConfig]; it replies with the
+  update $\Delta^k_t$, the number of examples trained on and the local steps taken;
+- ``evaluate``: [`client_loss`][fedunlearn.federated.pool.client_loss] of the received state on
+  the plan's data (a sum and a count, never the examples).
 
 The data order of client ``N`` in round ``t`` is derived from ``(seed, t, N)`` inside
 ``client_update``, so a Flower client takes exactly the mini-batches of its in-process twin.
-Forgotten examples never leave the client: under ``retained`` it drops them itself.
+Forgotten examples never leave the client: the plan's data selection happens here.
+
+Every message starts a fresh ClientApp process, so imports are paid per message. The module
+imports torch and the scenarios only in the handlers that need them; a discovery query is
+answered from a small file the SuperNode's first query wrote (its example count, under
+``$FEDUNLEARN_CACHE/flower/``, keyed by scenario, seed, client and a digest of the code that
+builds the data; ``FEDUNLEARN_NO_CACHE=1`` turns it off). A plan may name an objective or local
+optimiser that an entry registers when it is imported (e.g. ``"diag-fisher"``); only then does
+the ClientApp import the catalog's entries ([`discover`][fedunlearn.catalog.discover]).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedunlearn.federated.client import ClientData
-from fedunlearn.federated.costs import CostCounter
-from fedunlearn.federated.loop import client_update
 from fedunlearn.flower.settings import (
     RunSettings,
+    config_from_record,
     partition_id,
+    plan_from_content,
     record_to_state,
     state_to_record,
     torch_threads,
 )
-from fedunlearn.unlearning.requests import split_clients
-from fedunlearn.unlearning.scenarios import Scenario
+from fedunlearn.paths import cache_dir
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from fedunlearn.federated.client import ClientData
+    from fedunlearn.federated.task import Task
 
 app = ClientApp()
 
+PACKAGE = Path(__file__).resolve().parents[1]
+#: Package paths whose source decides a client's data (the key of the cached example count).
+DATA_SOURCES = ("data", "federated", "unlearning/scenarios.py")
 
-def _partition(context: Context) -> tuple[Scenario, int, ClientData]:
+
+@lru_cache(maxsize=4)
+def _client(scenario: str, seed: int, num_clients: int, cid: int) -> tuple[Task, nn.Module, ClientData, list[int]]:
+    """The task, a model, client ``cid``'s data and every client id of the scenario (cached for
+    the life of the process)."""
+    from fedunlearn.unlearning.scenarios import build_scenario
+
+    built = build_scenario(scenario, seed=seed)
+    _check_client(scenario, num_clients, cid, sorted(built.clients))
+    return built.task, built.task.build_model(), built.clients[cid], sorted(built.clients)
+
+
+def _check_client(scenario: str, num_clients: int, cid: int, clients: list[int]) -> None:
+    kept = clients[:num_clients] if num_clients > 0 else clients
+    if cid not in kept:
+        raise ValueError(f"partition-id={cid} is not a client of {scenario!r} with num-clients={num_clients} "
+                         f"(clients {kept})")
+
+
+def _setup(context: Context) -> tuple[int, Task, nn.Module, ClientData]:
+    import torch
+
     torch.set_num_threads(torch_threads(context.node_config))
-    scenario = RunSettings.from_run_config(context.run_config).build_scenario()
+    settings = RunSettings.from_run_config(context.run_config, check_method=False)
     cid = partition_id(context.node_config)
-    if cid not in scenario.clients:
-        raise ValueError(f"partition-id={cid} is not a client of {scenario.name!r} "
-                         f"(clients {sorted(scenario.clients)})")
-    return scenario, cid, scenario.clients[cid]
+    return (cid, *_client(settings.scenario, settings.seed, settings.num_clients, cid)[:3])
 
 
-def retained_part(scenario: Scenario, data: ClientData) -> ClientData | None:
-    """What client ``data`` keeps after the scenario's forget request (``None`` if nothing)."""
-    retained, _ = split_clients({data.client_id: data}, scenario.request)
-    return retained.get(data.client_id)
+def source_digest() -> str:
+    """SHA-256 of the package source that builds the clients' data (``DATA_SOURCES``)."""
+    digest = hashlib.sha256()
+    for item in DATA_SOURCES:
+        path = PACKAGE / item
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(PACKAGE).as_posix().encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def num_examples(context: Context) -> int:
+    """This node's example count: from the node's cache file, else from the data (then cached)."""
+    settings = RunSettings.from_run_config(context.run_config, check_method=False)
+    cid = partition_id(context.node_config)
+    use_cache = os.environ.get("FEDUNLEARN_NO_CACHE", "0") in ("", "0")
+    file = cache_dir() / "flower" / f"{settings.scenario}-seed{settings.seed}-client{cid}-{source_digest()[:20]}.json"
+    if use_cache and file.is_file():
+        facts = json.loads(file.read_text())
+        _check_client(settings.scenario, settings.num_clients, cid, facts["clients"])
+        return int(facts["num-examples"])
+    _setup(context)
+    _, _, data, clients = _client(settings.scenario, settings.seed, settings.num_clients, cid)
+    if use_cache:
+        facts = {"num-examples": data.num_samples, "clients": clients}
+        file.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(prefix=f".{file.name}.", dir=file.parent)
+        with os.fdopen(handle, "w") as out:
+            out.write(json.dumps(facts))
+        os.replace(staging, file)
+    return data.num_samples
+
+
+def ensure_registered(plan: Mapping, config: Mapping | None = None) -> None:
+    """Import the catalog's entries if the plan (or config) names an objective or optimiser that
+    is not registered in this process yet."""
+    from fedunlearn.federated.objectives import OBJECTIVES
+    from fedunlearn.federated.training import OPTIMIZERS
+
+    objective = plan.get("objective.name")
+    optimizers = {name for name in (plan.get("optimizer"), (config or {}).get("optimizer")) if name}
+    if (objective is not None and objective not in OBJECTIVES.names()) or not optimizers <= set(OPTIMIZERS.names()):
+        from fedunlearn import catalog
+
+        catalog.discover(strict=False)
+
+
+def selected(values: Mapping, data: ClientData) -> int:
+    """How many of ``data``'s examples the plan config ``values`` selects."""
+    from fedunlearn.federated.training import LocalPlan
+
+    plan = LocalPlan.from_config({k: v for k, v in values.items() if k == "data" or k.startswith("request.")})
+    if plan.request is not None and plan.request.kind == "class" and data.class_labels is None:
+        return 0  # no class labels: a class request selects nothing here
+    return plan.select(data).num_samples
 
 
 @app.query()
-def describe(message: Message, context: Context) -> Message:
-    """Reply with this node's partition id and example counts."""
-    scenario, cid, data = _partition(context)
-    kept = retained_part(scenario, data)
-    reply = ConfigRecord({"partition-id": cid, "num-examples": data.num_samples,
-                          "num-retained": 0 if kept is None else kept.num_samples})
-    return Message(RecordDict({"node": reply}), reply_to=message)
+def query(message: Message, context: Context) -> Message:
+    """Reply with this node's client id and example count (and the plan's selection, if asked)."""
+    answer = {"partition-id": partition_id(context.node_config)}
+    if "plan" in message.content:
+        _, _, _, data = _setup(context)
+        answer.update({"num-examples": data.num_samples,
+                       "num-selected": selected(dict(message.content["plan"]), data)})
+    else:
+        answer["num-examples"] = num_examples(context)
+    return Message(RecordDict({"node": ConfigRecord(answer)}), reply_to=message)
 
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    """Run ``client_update`` from the received state and reply with the update."""
-    scenario, cid, data = _partition(context)
-    instruction = message.content["config"]
-    if bool(instruction["retained"]):
-        data = retained_part(scenario, data)
-        if data is None:
-            raise ValueError(f"client {cid} keeps no example after the forget request; "
-                             "the ServerApp should not have sampled it")
-    config = scenario.config
-    if int(instruction["local-steps"]) >= 0:
-        config = replace(config, local_steps=int(instruction["local-steps"]))
-    epochs = float(instruction["local-epochs"])
-    counter = CostCounter()
-    task = scenario.task
-    update = client_update(task, task.build_model(), record_to_state(message.content["state"]), data,
-                           config, int(instruction["round"]), counter,
-                           local_epochs=epochs if epochs >= 0 else None)
-    metrics = MetricRecord({"partition-id": cid, "num-examples": data.num_samples,
-                            "client-steps": counter.client_steps})
+    """Run ``client_update`` from the received state under the received plan and config."""
+    from fedunlearn.federated.costs import CostCounter
+    from fedunlearn.federated.training import client_update
+
+    cid, task, model, data = _setup(context)
+    content = message.content
+    ensure_registered(dict(content["plan"]), dict(content["config"]))
+    plan = plan_from_content(content)
+    config = config_from_record(content["config"])
+    steps = CostCounter()
+    update, n = client_update(task, model, record_to_state(content["state"]), data, config,
+                              int(content["round"]["index"]), plan, steps)
+    metrics = MetricRecord({"partition-id": cid, "num-examples": n, "client-steps": steps.client_steps})
     return Message(RecordDict({"update": state_to_record(update), "metrics": metrics}), reply_to=message)
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    """Reply with the sum of per-example losses of the received state on the plan's data."""
+    from fedunlearn.federated.pool import client_loss
+
+    cid, task, model, data = _setup(context)
+    content = message.content
+    ensure_registered(dict(content["plan"]))
+    plan = plan_from_content(content)
+    loss, n = client_loss(task, model, record_to_state(content["state"]), plan.select(data))
+    metrics = MetricRecord({"partition-id": cid, "loss-sum": float(loss), "num-examples": int(n)})
+    return Message(RecordDict({"metrics": metrics}), reply_to=message)

@@ -2,12 +2,13 @@
 
 By default the model is built from a ``transformers.LlamaConfig`` (3 layers, width 128, about
 0.6 M parameters) with random initialisation and the file-free byte tokenizer ``ByT5Tokenizer()``.
-It is then *pretrained* for a few hundred steps on question-answer records of public fictitious
-people so that it knows the format (not the federated people). Pretraining uses AdamW with a short
-warm-up, cosine decay and gradient clipping; mini-batches are trimmed to their longest record
-([`trim_padding`][fedunlearn.models.tiny_lm.trim_padding]), which roughly halves the cost. The pretrained weights are cached
-as safetensors (``$FEDUNLEARN_CACHE``, default ``~/.cache/fedunlearn``) keyed by the config, so
-notebooks do not repeat it.
+It is then *pretrained* for a few hundred steps on an encoded corpus that the caller supplies (the
+LoRA task passes question-answer records of public fictitious people, so that the model knows the
+format, not the federated people; this module imports no data set). Pretraining uses AdamW with a
+short warm-up, cosine decay and gradient clipping; mini-batches are trimmed to their longest record
+([`trim_padding`][fedunlearn.models.tiny_lm.trim_padding]), which roughly halves the cost. The
+pretrained weights are cached as safetensors (``$FEDUNLEARN_CACHE``, default
+``~/.cache/fedunlearn``) keyed by the config and the corpus, so notebooks do not repeat it.
 
 Setting ``model_name`` (e.g. a hub id already in the local cache) loads that checkpoint and its
 tokenizer instead; everything downstream (LoRA, federated loop, evaluation) is the same code.
@@ -21,15 +22,15 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from fedunlearn.data.profiles import QUESTIONS, encode_records, make_profiles, qa_records
+from fedunlearn.paths import cache_dir
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class TinyLMConfig:
         heads: Attention heads.
         intermediate: MLP width.
         max_length: Longest sequence (tokens = bytes here).
-        pretrain_people: Public fictitious people in the pretraining corpus.
+        pretrain_people: Size of the pretraining corpus (public fictitious people; read by the
+            caller that builds the corpus).
         pretrain_steps: AdamW steps of pretraining.
         pretrain_batch: Pretraining batch size.
         pretrain_lr: Pretraining learning rate.
@@ -62,18 +64,14 @@ class TinyLMConfig:
     pretrain_lr: float = 3e-3
     seed: int = 0
 
-    @property
-    def cache_key(self) -> str:
-        """Hash naming the cached pretrained weights: the config, the record templates and the
-        pretraining recipe version (a change to any of them invalidates the cache)."""
-        material = {"config": asdict(self), "questions": QUESTIONS, "recipe": PRETRAIN_RECIPE}
+    def cache_key(self, corpus_key: str) -> str:
+        """Hash naming the cached pretrained weights: the config, the corpus (``corpus_key``, from
+        the caller) and the pretraining recipe version; a change to any of them invalidates it."""
+        material = {"config": asdict(self), "corpus": corpus_key, "recipe": PRETRAIN_RECIPE}
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
 log = logging.getLogger(__name__)
-
-#: Person ids from this value on are reserved for the pretraining corpus.
-PRETRAIN_ID_OFFSET = 1_000_000
 
 #: Version of the pretraining procedure; bump it when ``pretrain`` changes, so caches rebuild.
 PRETRAIN_RECIPE = 2
@@ -123,14 +121,17 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def answer_token_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of every target token and the mask of answer tokens.
 
-    The model runs on the batch trimmed to its longest sequence; the outputs are padded back
-    (log-probability 0, mask false) so that their shape does not depend on the batch.
+    The model runs on the batch trimmed to its longest sequence (moved to the model's device);
+    the outputs are padded back (log-probability 0, mask false) so that their shape does not
+    depend on the batch, and returned on the batch's device.
 
     Returns:
         ``(logprobs, mask)`` of shape ``[batch, length - 1]``; position ``i`` scores token ``i+1``.
     """
     full = batch["input_ids"].shape[1] - 1
-    batch = trim_padding(batch)
+    home = batch["input_ids"].device
+    device = model_device(model)
+    batch = {k: v.to(device) for k, v in trim_padding(batch).items()}
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     targets = batch["labels"][:, 1:]
     mask = targets != -100
@@ -140,17 +141,18 @@ def answer_token_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> t
     if missing > 0:
         picked = nn.functional.pad(picked, (0, missing))
         mask = nn.functional.pad(mask, (0, missing))
-    return picked, mask
+    return picked.to(home), mask.to(home)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters."""
+    return next(model.parameters()).device
 
 
 def answer_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean negative log-likelihood per answer token, one value per example."""
     logprobs, mask = answer_token_logprobs(model, batch)
     return -(logprobs.sum(-1) / mask.sum(-1).clamp(min=1))
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("FEDUNLEARN_CACHE", Path.home() / ".cache" / "fedunlearn"))
 
 
 def _warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -161,12 +163,11 @@ def _warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.1 + 0.45 * (1.0 + math.cos(math.pi * progress))
 
 
-def pretrain(config: TinyLMConfig, progress: bool = False) -> nn.Module:
-    """Build and pretrain the tiny model on public people's records (no caching)."""
+def pretrain(config: TinyLMConfig, data: dict[str, torch.Tensor], progress: bool = False) -> nn.Module:
+    """Build and pretrain the tiny model on ``data`` (``input_ids``, ``labels``,
+    ``attention_mask``; loss on labelled tokens), without caching."""
     tokenizer = build_tokenizer(config)
     model = _random_tiny_model(config, len(tokenizer))
-    people = make_profiles(config.pretrain_people, seed=config.seed + 7919, first_id=PRETRAIN_ID_OFFSET)
-    data = encode_records([r for p in people for r in qa_records(p)], tokenizer, config.max_length)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.0)
     warmup = max(1, config.pretrain_steps // 20)
@@ -185,8 +186,15 @@ def pretrain(config: TinyLMConfig, progress: bool = False) -> nn.Module:
     return model
 
 
-def load_base_model(config: TinyLMConfig, progress: bool = False) -> nn.Module:
+def load_base_model(config: TinyLMConfig, corpus: Callable[[], dict[str, torch.Tensor]], corpus_key: str,
+                    progress: bool = False) -> nn.Module:
     """The pretrained base model: from the cache, or pretrained now and cached atomically.
+
+    Args:
+        config: Architecture and pretraining recipe.
+        corpus: Builds the encoded pretraining corpus (called only when pretraining).
+        corpus_key: Names the corpus in the cache key.
+        progress: Show a progress bar while pretraining.
 
     With ``config.model_name`` set, the checkpoint is loaded with transformers instead.
     """
@@ -194,7 +202,7 @@ def load_base_model(config: TinyLMConfig, progress: bool = False) -> nn.Module:
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(config.model_name)
-    cache = _cache_dir() / f"tiny-lm-{config.cache_key}.safetensors"
+    cache = cache_dir() / f"tiny-lm-{config.cache_key(corpus_key)}.safetensors"
     tokenizer = build_tokenizer(config)
     if cache.is_file():
         model = _random_tiny_model(config, len(tokenizer))
@@ -206,7 +214,7 @@ def load_base_model(config: TinyLMConfig, progress: bool = False) -> nn.Module:
         except Exception as exc:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
             log.warning("cached base model %s is unreadable (%s); pretraining again", cache, exc)
         cache.unlink(missing_ok=True)
-    model = pretrain(config, progress=progress)
+    model = pretrain(config, corpus(), progress=progress)
     cache.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=cache.name, dir=cache.parent)
     os.close(handle)

@@ -1,50 +1,66 @@
-"""The common interface of unlearning methods, and the trained federation they start from.
+r"""The common interface of unlearning methods, and the trained federation they start from.
 
-A method is a small class with a ``name``, the request ``granularities`` it serves and a frozen
-``Config`` of the paper's defaults. Its [`unlearn`][fedunlearn.unlearning.base.UnlearningMethod.unlearn]
-receives the trained federation (clients, config, initial and final state, history), the request
-and a [`CostCounter`][fedunlearn.federated.costs.CostCounter]; it must do all its training through
-the shared loop functions with that counter, so its cost is *measured*, not estimated.
-[`run_method`][fedunlearn.unlearning.base.run_method] validates the request, runs the method,
-times it and checks that the stored history was not modified.
+A method is a small class, declared **once** with the
+[`register_method`][fedunlearn.unlearning.base.register_method] decorator: its ``name``, the
+request ``granularities`` it serves, its frozen ``Config`` dataclass (the paper's defaults) and,
+through [`history_interval`][fedunlearn.unlearning.base.UnlearningMethod.history_interval], the
+training history it needs. The catalog derives an entry's method list from the registrations in
+its module; [`get_method`][fedunlearn.unlearning.registry.get_method] builds any of them with
+config overrides.
+
+[`unlearn`][fedunlearn.unlearning.base.UnlearningMethod.unlearn] receives the
+[`TrainedFederation`][fedunlearn.unlearning.base.TrainedFederation] (its client pool, config,
+initial and final state, history), the request and a
+[`CostCounter`][fedunlearn.federated.costs.CostCounter]. It trains only through the pool and the
+round loop, and reads no client data itself, so its cost is measured, not estimated, and it runs
+unchanged on any engine. [`run_method`][fedunlearn.unlearning.base.run_method] validates the
+request, runs the method, times it and checks that the stored history was not modified.
+
+A method may also own how the federation is trained (decomposition methods shard, cluster or add
+per-client parts): it overrides
+[`train_federation`][fedunlearn.unlearning.base.UnlearningMethod.train_federation], and the
+comparison engine trains, caches and evaluates that phase like the standard one.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
-from typing import ClassVar, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from fedunlearn.federated.client import ClientData
 from fedunlearn.federated.costs import CostCounter
 from fedunlearn.federated.history import TrainingHistory
-from fedunlearn.federated.loop import FederationConfig, run_federation
+from fedunlearn.federated.loop import run_rounds
+from fedunlearn.federated.pool import ClientPool
+from fedunlearn.federated.requests import ForgetRequest, ForgetRequestError
 from fedunlearn.federated.task import State, Task
-from fedunlearn.unlearning.requests import ForgetRequest, ForgetRequestError, validate
+from fedunlearn.federated.training import FederationConfig
 
 
 @dataclass
 class TrainedFederation:
-    """A federation after training: everything an unlearning method may use.
+    r"""A federation after training: everything an unlearning method may use.
 
     Attributes:
         task: The task (model family, trainable state, loss).
-        clients: Client id -> data, as trained on (including data to forget).
+        pool: The clients, reached only through the client seam.
         config: Federated hyperparameters of training.
         init_state: $w_0$.
-        final_state: $\\theta_o$, the trained model.
-        history: What the loop recorded.
+        final_state: $\theta_o$, the trained model.
+        history: What the round loop recorded.
         cost: Cost of training.
-        model: A reusable model instance.
+        model: A reusable model instance (server side).
         server_inputs: Unlabeled inputs the server holds (see
             [`Scenario`][fedunlearn.unlearning.scenarios.Scenario]), if any.
+        extras: Further states a method's own training phase keeps (e.g. per-shard models).
     """
 
     task: Task
-    clients: dict[int, ClientData]
+    pool: ClientPool
     config: FederationConfig
     init_state: State
     final_state: State
@@ -52,30 +68,83 @@ class TrainedFederation:
     cost: CostCounter
     model: nn.Module = field(repr=False)
     server_inputs: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    extras: dict[str, State] = field(default_factory=dict, repr=False)
 
 
-def train_federation(task: Task, clients: Mapping[int, ClientData], config: FederationConfig,
-                     init_state: State | None = None, progress: bool | str = False,
-                     server_inputs: dict[str, torch.Tensor] | None = None) -> TrainedFederation:
-    """Train $\\theta_o$ with FedAvg and record its history (every ``config.record_every`` rounds)."""
-    model = task.build_model()
+def train_federation(task: Task, pool: ClientPool, config: FederationConfig, init_state: State | None = None,
+                     progress: bool | str = False, server_inputs: dict[str, torch.Tensor] | None = None,
+                     model: nn.Module | None = None, history: TrainingHistory | None = None) -> TrainedFederation:
+    r"""Train $\theta_o$ with the configured aggregation and record its history (every
+    ``config.record_every`` rounds) into ``history`` (a new one by default; pass one to keep the
+    rounds recorded before a failure)."""
+    model = model if model is not None else task.build_model()
     init_state = init_state if init_state is not None else task.get_state(model)
-    history = TrainingHistory(init_state, config.record_every, {"config": config.as_dict()})
+    if history is None:
+        history = TrainingHistory(init_state, config.record_every, {"config": config.as_dict()})
     cost = CostCounter()
-    final = run_federation(task, clients, init_state, config, model=model, counter=cost,
-                           history=history, progress=progress)
-    return TrainedFederation(task, dict(clients), config, init_state, final, history, cost, model,
-                             server_inputs)
+    final = run_rounds(pool, init_state, config, range(config.rounds), counter=cost, history=history,
+                       progress=progress)
+    return TrainedFederation(task, pool, config, init_state, final, history, cost, model, server_inputs)
+
+
+@dataclass(frozen=True)
+class NoConfig:
+    """A method without hyperparameters."""
+
+
+#: Registered methods by name (filled by ``register_method`` when their module is imported).
+METHODS: dict[str, type[UnlearningMethod]] = {}
+
+
+def register_method(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
+    """Class decorator declaring an unlearning method (name, granularities, Config, history).
+
+    Raises:
+        ValueError: If the name is empty or taken by another class.
+    """
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} has no name")
+    if cls.name in METHODS and METHODS[cls.name].__qualname__ != cls.__qualname__:
+        raise ValueError(f"method name {cls.name!r} is registered twice "
+                         f"({METHODS[cls.name].__module__} and {cls.__module__})")
+    METHODS[cls.name] = cls
+    return cls
 
 
 class UnlearningMethod:
-    """Base class of unlearning methods (subclass and implement ``unlearn``)."""
+    """Base class of unlearning methods (subclass, set the class attributes, implement ``unlearn``).
+
+    Args:
+        config: The method's hyperparameters (default: ``Config()``, the paper's defaults).
+    """
 
     name: ClassVar[str] = ""
     granularities: ClassVar[frozenset[str]] = frozenset({"client"})
-    #: The $\Delta t$ the training history must be recorded with (``None``: any). The benchmark
-    #: trains $\theta_o$ with this ``record_every`` (recording does not change training).
-    record_every: int | None = None
+    Config: ClassVar[type] = NoConfig
+    #: Whether the method trains the federation its own way (see ``train_federation``).
+    owns_training: ClassVar[bool] = False
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+        if not isinstance(self.config, self.Config):
+            raise TypeError(f"{self.name}: config must be a {self.Config.__name__}, got {type(self.config).__name__}")
+
+    @property
+    def label(self) -> str:
+        """The name, plus every config field that differs from the default (``federaser[interval=1]``)."""
+        default = type(self)().config
+        changed = [f"{f.name}={getattr(self.config, f.name)}" for f in fields(self.config)
+                   if getattr(self.config, f.name) != getattr(default, f.name)]
+        return f"{self.name}[{','.join(changed)}]" if changed else self.name
+
+    def history_interval(self) -> int | None:
+        r"""The $\Delta t$ the training history must be recorded with (``None``: any)."""
+        return None
+
+    def train_federation(self, setup: TrainedFederation, progress: bool | str = False) -> TrainedFederation:
+        """Train the federation this method's way from ``setup`` (its pool, config, $w_0$); only
+        methods with ``owns_training`` override it."""
+        raise NotImplementedError(f"method {self.name!r} does not own its training phase")
 
     def unlearn(self, run: TrainedFederation, request: ForgetRequest, counter: CostCounter) -> State:
         """Return the unlearned state; count all work in ``counter``."""
@@ -98,7 +167,7 @@ def history_fingerprint(history: TrainingHistory) -> str:
     def feed(state: Mapping[str, torch.Tensor] | None) -> None:
         for key in sorted(state or {}):
             digest.update(key.encode())
-            digest.update(state[key].detach().contiguous().numpy().tobytes())
+            digest.update(state[key].detach().contiguous().cpu().numpy().tobytes())
 
     feed(history.init_state)
     feed(history.final_state)
@@ -110,22 +179,31 @@ def history_fingerprint(history: TrainingHistory) -> str:
     return digest.hexdigest()
 
 
+def check_granularity(method: UnlearningMethod, request: ForgetRequest) -> None:
+    """Raise ``ForgetRequestError`` if ``method`` cannot serve a request of this kind."""
+    if request.kind not in method.granularities:
+        raise ForgetRequestError(f"method {method.name!r} serves {sorted(method.granularities)} requests, "
+                                 f"not {request.kind!r}")
+
+
 def run_method(method: UnlearningMethod, run: TrainedFederation, request: ForgetRequest) -> UnlearningResult:
     """Validate, run and measure one unlearning method.
 
     Raises:
-        ForgetRequestError: If the request is invalid or of a granularity the method cannot serve.
+        ForgetRequestError: If the request is invalid, names a client that never trained, or is of
+            a granularity the method cannot serve.
         RuntimeError: If the method modified the stored history.
     """
-    if request.kind not in method.granularities:
-        raise ForgetRequestError(
-            f"method {method.name!r} serves {sorted(method.granularities)} requests, not {request.kind!r}"
-        )
-    validate(request, run.clients, run.history.clients if request.kind == "client" else None)
+    check_granularity(method, request)
+    run.pool.check(request)
+    if request.kind == "client":
+        absent = [c for c in request.clients if c not in run.history.clients]
+        if absent:
+            raise ForgetRequestError(f"client(s) {absent} never took part in training; nothing to forget")
     before = history_fingerprint(run.history)
     counter = CostCounter()
     with counter.timed():
         state = method.unlearn(run, request, counter)
     if history_fingerprint(run.history) != before:
         raise RuntimeError(f"method {method.name!r} modified the stored training history")
-    return UnlearningResult(method.name, state, counter)
+    return UnlearningResult(method.label, state, counter)

@@ -1,11 +1,12 @@
-"""The referee and the controls of every comparison (see MEASURING.md).
+r"""The referee and the controls of every comparison (see the Evaluating page).
 
 - [`Retrain`][fedunlearn.unlearning.controls.Retrain] — exact unlearning (Cao & Yang, IEEE S&P
-  2015, key ``cao2015towards``): FedAvg from the **same initialisation** $w_0$, same config and
-  seed, on the retained data only. Its model $\\theta_r$ is the referee of every metric.
-- [`DoNothing`][fedunlearn.unlearning.controls.DoNothing] — $\\theta_o$ unchanged.
+  2015, key ``cao2015towards``): the same rounds from the **same initialisation** $w_0$, same
+  config and seed, with every client training on what it keeps. Its model $\theta_r$ is the
+  referee of every metric.
+- [`DoNothing`][fedunlearn.unlearning.controls.DoNothing] — $\theta_o$ unchanged.
 - [`ContinueFedAvg`][fedunlearn.unlearning.controls.ContinueFedAvg] — keep training from
-  $\\theta_o$ for $k$ rounds without the forgotten data: the natural "it will wash out" belief, and
+  $\theta_o$ for $k$ rounds without the forgotten data: the natural "it will wash out" belief, and
   a negative control (a backdoor typically survives it).
 """
 
@@ -14,14 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedunlearn.federated.costs import CostCounter
-from fedunlearn.federated.loop import run_federation
+from fedunlearn.federated.loop import run_rounds
+from fedunlearn.federated.requests import ForgetRequest
 from fedunlearn.federated.task import State, clone_state
-from fedunlearn.unlearning.base import TrainedFederation, UnlearningMethod
-from fedunlearn.unlearning.requests import ForgetRequest, split_clients
+from fedunlearn.federated.training import LocalPlan
+from fedunlearn.unlearning.base import TrainedFederation, UnlearningMethod, register_method
 
 ALL_GRANULARITIES = frozenset({"client", "class", "records"})
 
 
+@register_method
 class Retrain(UnlearningMethod):
     """Retrain from scratch without the forgotten data (the oracle)."""
 
@@ -29,14 +32,14 @@ class Retrain(UnlearningMethod):
     granularities = ALL_GRANULARITIES
 
     def unlearn(self, run: TrainedFederation, request: ForgetRequest, counter: CostCounter) -> State:
-        """FedAvg from $w_0$ on the retained data, all rounds of the original run."""
-        retained, _ = split_clients(run.clients, request)
-        return run_federation(run.task, retained, run.init_state, run.config, model=run.model,
-                              counter=counter)
+        r"""The original run's rounds from $w_0$, every client training on its retained data."""
+        return run_rounds(run.pool, run.init_state, run.config, range(run.config.rounds),
+                          plan=LocalPlan("retained", request), counter=counter)
 
 
+@register_method
 class DoNothing(UnlearningMethod):
-    """Return $\\theta_o$ (zero cost)."""
+    r"""Return $\theta_o$ (zero cost)."""
 
     name = "do-nothing"
     granularities = ALL_GRANULARITIES
@@ -48,26 +51,25 @@ class DoNothing(UnlearningMethod):
 
 @dataclass(frozen=True)
 class ContinueFedAvgConfig:
-    """Attributes:
-    rounds: Extra FedAvg rounds $k$ without the forgotten data.
+    """Hyperparameters of the continue-FedAvg control.
+
+    Attributes:
+        rounds: Extra rounds $k$ without the forgotten data.
     """
 
     rounds: int = 5
 
 
+@register_method
 class ContinueFedAvg(UnlearningMethod):
-    """Continue FedAvg from $\\theta_o$ for $k$ rounds on the retained data."""
+    r"""Continue training from $\theta_o$ for $k$ rounds on the retained data."""
 
     name = "continue-fedavg"
     granularities = ALL_GRANULARITIES
-
-    def __init__(self, config: ContinueFedAvgConfig = ContinueFedAvgConfig()) -> None:
-        self.config = config
+    Config = ContinueFedAvgConfig
 
     def unlearn(self, run: TrainedFederation, request: ForgetRequest, counter: CostCounter) -> State:
         """$k$ more rounds (numbered after the original ones) on the retained data."""
-        retained, _ = split_clients(run.clients, request)
         start = run.config.rounds
-        return run_federation(run.task, retained, run.init_state, run.config,
-                              rounds=range(start, start + self.config.rounds),
-                              start_state=run.final_state, model=run.model, counter=counter)
+        return run_rounds(run.pool, run.final_state, run.config, range(start, start + self.config.rounds),
+                          plan=LocalPlan("retained", request), counter=counter)

@@ -15,7 +15,7 @@ kinds); ``canary_exposure`` (mean over forgotten canaries, 100 random candidates
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -23,10 +23,10 @@ from torch import nn
 from fedunlearn.data.federated_digits import is_poisoned
 from fedunlearn.data.profiles import QARecord
 from fedunlearn.federated.client import ClientData
+from fedunlearn.federated.requests import split_clients
 from fedunlearn.federated.task import State
-from fedunlearn.models.tiny_lm import answer_token_logprobs
+from fedunlearn.models.tiny_lm import answer_token_logprobs, model_device
 from fedunlearn.unlearning import metrics
-from fedunlearn.unlearning.requests import split_clients
 from fedunlearn.unlearning.scenarios import Scenario
 
 EXPOSURE_CANDIDATES = 100
@@ -49,7 +49,8 @@ def _concat(parts: Mapping[int, ClientData]) -> ClientData | None:
 @torch.no_grad()
 def _per_example(model: nn.Module, scenario: Scenario, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     n = len(next(iter(tensors.values())))
-    return torch.cat([scenario.task.per_example_loss(model, {k: v[i : i + BATCH] for k, v in tensors.items()})
+    device = scenario.task.device
+    return torch.cat([scenario.task.per_example_loss(model, {k: v[i : i + BATCH].to(device) for k, v in tensors.items()}).cpu()
                       for i in range(0, n, BATCH)])
 
 
@@ -101,7 +102,7 @@ def _canaries(model: nn.Module, scenario: Scenario, canaries: list[QARecord]) ->
         exposures.append(metrics.exposure(float(totals[0]), totals[1:].tolist()))
         ids = tokenizer(canary.prompt, add_special_tokens=False)["input_ids"]
         for _ in range(len(tokenizer(canary.answer, add_special_tokens=False)["input_ids"])):
-            logits = model(input_ids=torch.tensor([ids])).logits
+            logits = model(input_ids=torch.tensor([ids], device=model_device(model))).logits
             ids.append(int(logits[0, -1].argmax()))
         prompt_len = len(tokenizer(canary.prompt, add_special_tokens=False)["input_ids"])
         extracted += tokenizer.decode(ids[prompt_len:]) == canary.answer
@@ -148,5 +149,5 @@ def evaluate(scenario: Scenario, state: State, model: nn.Module | None = None) -
 
 
 def gaps_to_oracle(metrics_of_method: Mapping[str, float], metrics_of_oracle: Mapping[str, float]) -> dict[str, float]:
-    """Paired gaps $m(\\theta_u) - m(\\theta_r)$ for every metric both have."""
+    r"""Paired gaps $m(\theta_u) - m(\theta_r)$ for every metric both have."""
     return {k: metrics_of_method[k] - metrics_of_oracle[k] for k in metrics_of_method if k in metrics_of_oracle}

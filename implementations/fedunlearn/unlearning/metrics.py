@@ -1,4 +1,4 @@
-"""Metric primitives: AUC, attack success rate, membership-inference scores, canary exposure.
+r"""Metric primitives: AUC, attack success rate, membership-inference scores, canary exposure.
 
 Every function is pure (tensors or arrays in, numbers out) so each can be checked against a
 hand-computed case. Conventions: a membership score is *higher for likely members*.
@@ -7,10 +7,10 @@ hand-computed case. Conventions: a membership score is *higher for likely member
   the Mann-Whitney form of the ROC area.
 - Attack success rate (ASR): share of triggered inputs whose **true class is not the target**
   that the model assigns to the target.
-- LOSS score $-\\ell(x)$ (Yeom et al. 2018); zlib score $-\\ell(x)/\\text{zlib}(x)$, the loss
+- LOSS score $-\ell(x)$ (Yeom et al. 2018); zlib score $-\ell(x)/\text{zlib}(x)$, the loss
   relative to the text's compressed length (Carlini et al. 2021); Min-K% prob: the mean of the
-  $k\\%$ lowest token log-probabilities (Shi et al., ICLR 2024, key ``shi2024detecting``).
-- Exposure of a canary (Carlini et al. 2019): $\\log_2 |C| - \\log_2 \\operatorname{rank}$, the rank of
+  $k\%$ lowest token log-probabilities (Shi et al., ICLR 2024, key ``shi2024detecting``).
+- Exposure of a canary (Carlini et al. 2019): $\log_2 |C| - \log_2 \operatorname{rank}$, the rank of
   the true secret among $|C|$ candidates ordered by model likelihood (rank 1 = most likely).
 """
 
@@ -57,7 +57,7 @@ def zlib_length(text: str) -> int:
 
 
 def zlib_scores(mean_nll: torch.Tensor, texts: list[str]) -> torch.Tensor:
-    """zlib membership score: $-\\ell(x) / \\text{zlib}(x)$."""
+    r"""zlib membership score: $-\ell(x) / \text{zlib}(x)$."""
     lengths = torch.tensor([zlib_length(t) for t in texts], dtype=torch.float32)
     return -mean_nll / lengths
 
@@ -73,7 +73,7 @@ def min_k_scores(token_logprobs: torch.Tensor, mask: torch.Tensor, k: float = 0.
 
 
 def exposure(true_score: float, candidate_scores) -> float:
-    """Canary exposure: $\\log_2(|C|) - \\log_2(\\text{rank})$, $C$ = candidates plus the secret.
+    r"""Canary exposure: $\log_2(|C|) - \log_2(\text{rank})$, $C$ = candidates plus the secret.
 
     Args:
         true_score: Model score (e.g. log-likelihood) of the true secret.

@@ -10,24 +10,32 @@
 | ``profiles-person`` | same | same | forget one person's records (incl. canary) |
 
 Every scenario is a pure function of its seed (partition, poisoned rows, initialisation, client
-sampling, data order). ``full=True`` selects a larger configuration.
+sampling, data order). ``full=True`` selects a larger configuration. Models live on ``device``
+(default: ``$FEDUNLEARN_DEVICE``, else ``"cpu"``); results on another device differ by float
+rounding.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import torch
+from torch import nn
 
 from fedunlearn.data.digits import apply_trigger, load_split
 from fedunlearn.data.federated_digits import digits_clients
+from fedunlearn.data.federated_profiles import profile_clients
 from fedunlearn.data.profiles import QARecord, make_profiles, qa_records
 from fedunlearn.federated.client import ClientData
-from fedunlearn.federated.loop import FederationConfig, derived_seed
+from fedunlearn.federated.lora_task import LoraCausalLMTask
+from fedunlearn.federated.pool import InProcessPool
+from fedunlearn.federated.requests import ForgetRequest, request_to_dict, validate
 from fedunlearn.federated.task import ClassificationTask, Task
+from fedunlearn.federated.training import FederationConfig, derived_seed
 from fedunlearn.models.mlp import DigitsMLP
-from fedunlearn.unlearning.requests import ForgetRequest, validate
 
 
 @dataclass
@@ -48,6 +56,7 @@ class Scenario:
         heldout_records: Language scenarios: records of people nobody trained on.
         server_inputs: Unlabeled inputs the server holds (no labels, disjoint from ``test``), for
             methods that repair a model on the server (e.g. knowledge distillation).
+        full: Whether this is the larger configuration.
     """
 
     name: str
@@ -62,6 +71,29 @@ class Scenario:
     records: dict[int, QARecord] = field(default_factory=dict)
     heldout_records: list[QARecord] = field(default_factory=list)
     server_inputs: dict[str, torch.Tensor] | None = None
+    full: bool = False
+
+    def pool(self, model: nn.Module | None = None) -> InProcessPool:
+        """The scenario's clients as an in-process pool (the embedded engine)."""
+        return InProcessPool(self.task, self.clients, model)
+
+    def fingerprint(self) -> dict:
+        """What determines a federation trained on this scenario, as plain data: name, seed,
+        config, request, the task's description and a digest of every client's tensors."""
+        digest = hashlib.sha256()
+        for cid in sorted(self.clients):
+            data = self.clients[cid]
+            digest.update(str(cid).encode())
+            for key in sorted(data.tensors):
+                digest.update(key.encode())
+                digest.update(data.tensors[key].contiguous().numpy().tobytes())
+            digest.update(data.record_ids.contiguous().numpy().tobytes())
+        describe = getattr(self.task, "describe", None)
+        return {"name": self.name, "seed": self.seed, "full": self.full, "config": self.config.as_dict(),
+                "request": request_to_dict(self.request), "clients": digest.hexdigest(),
+                "task": describe() if describe else {"class": type(self.task).__name__,
+                                                     "init_seed": getattr(self.task, "init_seed", None),
+                                                     "device": getattr(self.task, "device", "cpu")}}
 
     def restricted(self, num_clients: int = 0, rounds: int = 0, record_every: int = 0,
                    forget_clients: tuple[int, ...] = ()) -> Scenario:
@@ -111,7 +143,7 @@ def split_server_inputs(test: dict[str, torch.Tensor], server_fraction: float, s
     return evaluation, unlabeled
 
 
-def question_inputs(task, people: int, seed: int, first_id: int = 2_000_000) -> dict[str, torch.Tensor]:
+def question_inputs(task: LoraCausalLMTask, people: int, seed: int, first_id: int = 2_000_000) -> dict[str, torch.Tensor]:
     """Unlabeled text for a language-model server: the questions (no answers) about ``people``
     fresh fictitious people, ids from ``first_id`` (disjoint by id from federated, held-out and
     pretraining people; names can repeat by chance).
@@ -127,8 +159,18 @@ SERVER_FRACTION = 0.5
 
 DIGITS_CONFIG = FederationConfig(rounds=20, local_epochs=1, batch_size=16, lr=0.1, momentum=0.5)
 
+#: Federated training of the profile scenarios (tuned for the tiny model on 2 CPU cores). Local
+#: Adam as in FedIT's clients; many local epochs on few records so that the adapter memorises its
+#: people, canaries included, within about 20 s.
+PROFILES_FEDERATION = FederationConfig(rounds=15, local_epochs=4, batch_size=10, lr=6e-3, optimizer="adam")
 
-def _digits(name: str, seed: int, full: bool, *, partition: str = "iid", num_clients: int = 10,
+
+def default_device() -> str:
+    """``$FEDUNLEARN_DEVICE``, else ``"cpu"``."""
+    return os.environ.get("FEDUNLEARN_DEVICE", "cpu")
+
+
+def _digits(name: str, seed: int, full: bool, device: str, *, partition: str = "iid", num_clients: int = 10,
             backdoor: bool = False, request: ForgetRequest, hidden: int = 64,
             config: FederationConfig = DIGITS_CONFIG, rows_per_client: int | None = None,
             backdoor_clients: tuple[int, ...] = (0,)) -> Scenario:
@@ -143,39 +185,37 @@ def _digits(name: str, seed: int, full: bool, *, partition: str = "iid", num_cli
                                                     SERVER_FRACTION, seed)
     return Scenario(
         name=name, seed=seed, kind="classification",
-        task=ClassificationTask(lambda: DigitsMLP(hidden=hidden), init_seed=seed),
+        task=ClassificationTask(lambda: DigitsMLP(hidden=hidden), init_seed=seed, device=device),
         clients=clients, config=replace(config, rounds=rounds, seed=seed), request=request,
-        test=evaluation, backdoor_target=0 if backdoor else None, server_inputs=server_inputs,
+        test=evaluation, backdoor_target=0 if backdoor else None, server_inputs=server_inputs, full=full,
     )
 
 
-def digits_backdoor(seed: int = 0, full: bool = False) -> Scenario:
+def digits_backdoor(seed: int = 0, full: bool = False, device: str | None = None) -> Scenario:
     """Client 0 plants a backdoor (trigger patch -> class 0); forget client 0."""
-    return _digits("digits-backdoor", seed, full, backdoor=True, request=ForgetRequest.forget_clients(0))
+    return _digits("digits-backdoor", seed, full, device or default_device(), backdoor=True, request=ForgetRequest.forget_clients(0))
 
 
-def digits_poisoned(seed: int = 0, full: bool = False) -> Scenario:
+def digits_poisoned(seed: int = 0, full: bool = False, device: str | None = None) -> Scenario:
     """Clients 0 and 1 (20% of 10) plant the backdoor; 40 rounds; forget both (FedRecover's setting)."""
-    return _digits("digits-poisoned", seed, full, backdoor=True, backdoor_clients=(0, 1),
+    return _digits("digits-poisoned", seed, full, device or default_device(), backdoor=True, backdoor_clients=(0, 1),
                    config=replace(DIGITS_CONFIG, rounds=40), request=ForgetRequest.forget_clients(0, 1))
 
 
-def digits_client(seed: int = 0, full: bool = False) -> Scenario:
+def digits_client(seed: int = 0, full: bool = False, device: str | None = None) -> Scenario:
     """Small clients trained for many local epochs, so members are memorised; forget client 0."""
     config = FederationConfig(rounds=15, local_epochs=10, batch_size=8, lr=0.05, momentum=0.5)
-    return _digits("digits-client", seed, full, hidden=256, config=config, rows_per_client=40,
+    return _digits("digits-client", seed, full, device or default_device(), hidden=256, config=config, rows_per_client=40,
                    request=ForgetRequest.forget_clients(0))
 
 
-def digits_class(seed: int = 0, full: bool = False) -> Scenario:
+def digits_class(seed: int = 0, full: bool = False, device: str | None = None) -> Scenario:
     """Forget class 3 from every client."""
-    return _digits("digits-class", seed, full, request=ForgetRequest.forget_class(3))
+    return _digits("digits-class", seed, full, device or default_device(), request=ForgetRequest.forget_class(3))
 
 
-def _profiles(name: str, seed: int, full: bool, person: bool) -> Scenario:
-    from fedunlearn.foundations.fedit import PROFILES_FEDERATION, LoraCausalLMTask, profile_clients
-
-    task = LoraCausalLMTask(init_seed=seed)
+def _profiles(name: str, seed: int, full: bool, person: bool, device: str) -> Scenario:
+    task = LoraCausalLMTask(init_seed=seed, device=device)
     federation = profile_clients(task, seed=seed) if not full else profile_clients(task, seed=seed, people_per_client=20)
     if person:
         owner = federation.client_people[0][0]
@@ -188,18 +228,18 @@ def _profiles(name: str, seed: int, full: bool, person: bool) -> Scenario:
         name=name, seed=seed, kind="language", task=task, clients=federation.clients, config=config,
         request=request, test=task.encode(federation.heldout), records=federation.records,
         heldout_records=federation.heldout,
-        server_inputs=question_inputs(task, people=40, seed=seed + 1234),
+        server_inputs=question_inputs(task, people=40, seed=seed + 1234), full=full,
     )
 
 
-def profiles_client(seed: int = 0, full: bool = False) -> Scenario:
+def profiles_client(seed: int = 0, full: bool = False, device: str | None = None) -> Scenario:
     """Federated LoRA on fictitious people; forget client 0 (all its people)."""
-    return _profiles("profiles-client", seed, full, person=False)
+    return _profiles("profiles-client", seed, full, False, device or default_device())
 
 
-def profiles_person(seed: int = 0, full: bool = False) -> Scenario:
+def profiles_person(seed: int = 0, full: bool = False, device: str | None = None) -> Scenario:
     """Federated LoRA on fictitious people; forget one person's records, canary included."""
-    return _profiles("profiles-person", seed, full, person=True)
+    return _profiles("profiles-person", seed, full, True, device or default_device())
 
 
 SCENARIOS: dict[str, Callable[..., Scenario]] = {
@@ -212,12 +252,12 @@ SCENARIOS: dict[str, Callable[..., Scenario]] = {
 }
 
 
-def build_scenario(name: str, seed: int = 0, full: bool = False) -> Scenario:
-    """The named scenario at ``seed``.
+def build_scenario(name: str, seed: int = 0, full: bool = False, device: str | None = None) -> Scenario:
+    """The named scenario at ``seed`` (models on ``device``, default ``default_device()``).
 
     Raises:
         KeyError: Listing the known names when ``name`` is unknown.
     """
     if name not in SCENARIOS:
         raise KeyError(f"unknown scenario {name!r}; known scenarios: {', '.join(SCENARIOS)}")
-    return SCENARIOS[name](seed=seed, full=full)
+    return SCENARIOS[name](seed=seed, full=full, device=device)

@@ -5,14 +5,14 @@
 - ``class``: remove one class label from every client.
 - ``records``: remove specific records (e.g. all records of one person, or one canary).
 
-[`split_clients`][fedunlearn.unlearning.requests.split_clients] turns a request into the data the
+[`split_clients`][fedunlearn.federated.requests.split_clients] turns a request into the data the
 federation keeps and the data it must forget; the retrain oracle trains on the first only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import torch
 
@@ -42,17 +42,17 @@ class ForgetRequest:
     record_ids: tuple[int, ...] = ()
 
     @classmethod
-    def forget_clients(cls, *client_ids: int) -> "ForgetRequest":
+    def forget_clients(cls, *client_ids: int) -> ForgetRequest:
         """Forget whole clients."""
         return cls("client", clients=tuple(sorted(int(c) for c in client_ids)))
 
     @classmethod
-    def forget_class(cls, label: int) -> "ForgetRequest":
+    def forget_class(cls, label: int) -> ForgetRequest:
         """Forget one class everywhere."""
         return cls("class", label=int(label))
 
     @classmethod
-    def forget_records(cls, record_ids: Iterable[int]) -> "ForgetRequest":
+    def forget_records(cls, record_ids: Iterable[int]) -> ForgetRequest:
         """Forget specific records wherever they are."""
         return cls("records", record_ids=tuple(sorted(int(r) for r in record_ids)))
 
@@ -134,3 +134,24 @@ def split_clients(clients: Mapping[int, ClientData], request: ForgetRequest) -> 
 def affected_clients(clients: Mapping[int, ClientData], request: ForgetRequest) -> list[int]:
     """Clients holding at least one example the request removes."""
     return sorted(split_clients(clients, request)[1])
+
+
+def request_to_dict(request: ForgetRequest) -> dict:
+    """Plain data (JSON, a Flower ``ConfigRecord``) describing ``request``."""
+    return {"kind": request.kind, "clients": list(request.clients),
+            "label": -1 if request.label is None else request.label, "record_ids": list(request.record_ids)}
+
+
+def request_from_dict(values: Mapping) -> ForgetRequest:
+    """Inverse of [`request_to_dict`][fedunlearn.federated.requests.request_to_dict].
+
+    Raises:
+        ForgetRequestError: On an unknown kind.
+    """
+    kind = str(values["kind"])
+    if kind not in GRANULARITIES:
+        raise ForgetRequestError(f"unknown request kind {kind!r}; use one of {GRANULARITIES}")
+    label = int(values.get("label", -1))
+    return ForgetRequest(kind, clients=tuple(int(c) for c in values.get("clients", ())),
+                         label=None if label < 0 else label,
+                         record_ids=tuple(int(r) for r in values.get("record_ids", ())))

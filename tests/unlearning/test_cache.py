@@ -1,0 +1,112 @@
+"""The federation cache: a hit trains nothing, damaged or stale content is recomputed, never used."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+
+import pytest
+import torch
+
+from fedunlearn.unlearning import base, cache
+from fedunlearn.unlearning.scenarios import build_scenario
+
+
+@pytest.fixture
+def scenario(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDUNLEARN_CACHE", str(tmp_path))
+    monkeypatch.delenv("FEDUNLEARN_NO_CACHE", raising=False)
+    return build_scenario("digits-backdoor", seed=0).restricted(num_clients=3, rounds=2)
+
+
+@pytest.fixture
+def trainings(monkeypatch):
+    """Counts calls of train_federation made by the cache."""
+    calls = []
+    original = cache.train_federation
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "train_federation", counting)
+    return calls
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def entry_dir(scenario) -> object:
+    key, _ = cache.federation_key(scenario)
+    return cache._root() / key
+
+
+def test_second_request_is_a_hit(scenario, trainings):
+    first = cache.trained_federation(scenario)
+    again = cache.trained_federation(scenario)
+    assert len(trainings) == 1
+    assert same(first.final_state, again.final_state)
+    assert again.cost.client_steps == first.cost.client_steps > 0
+
+
+def test_one_training_serves_every_history_interval(scenario, trainings):
+    thinned = cache.trained_federation(scenario, record_every=2)
+    assert len(trainings) == 1 and thinned.config.record_every == 2
+    assert [r.kept for r in thinned.history.rounds] == [True, False]
+    direct = base.train_federation(scenario.task, scenario.pool(), replace(scenario.config, record_every=2))
+    assert same(thinned.final_state, direct.final_state)
+    assert thinned.cost.history_bytes == direct.cost.history_bytes
+
+
+def test_a_damaged_file_is_reported_and_recomputed(scenario, trainings, caplog):
+    first = cache.trained_federation(scenario)
+    round_file = entry_dir(scenario) / "history" / "round_00001.safetensors"
+    round_file.write_bytes(round_file.read_bytes()[:-10])
+    with caplog.at_level(logging.WARNING, logger="fedunlearn.cache"):
+        again = cache.trained_federation(scenario)
+    assert len(trainings) == 2
+    assert "round_00001.safetensors" in caplog.text and "training again" in caplog.text
+    assert same(first.final_state, again.final_state)
+    cache.trained_federation(scenario)  # the rewritten entry is whole again
+    assert len(trainings) == 2
+
+
+def test_meta_of_another_key_is_not_trusted(scenario, trainings, caplog):
+    cache.trained_federation(scenario)
+    meta = entry_dir(scenario) / "meta.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "key": "something-else"}))
+    with caplog.at_level(logging.WARNING, logger="fedunlearn.cache"):
+        cache.trained_federation(scenario)
+    assert len(trainings) == 2 and "written for key" in caplog.text
+
+
+def test_anything_that_changes_training_changes_the_key(scenario):
+    key, _ = cache.federation_key(scenario)
+    assert cache.federation_key(replace(scenario, config=replace(scenario.config, lr=0.05)))[0] != key
+    assert cache.federation_key(build_scenario("digits-backdoor", seed=1).restricted(3, 2))[0] != key
+    assert cache.federation_key(scenario.restricted(rounds=3))[0] != key
+    # recording does not change training: the history interval shares the key
+    assert cache.federation_key(scenario.restricted(record_every=2))[0] == key
+
+
+def test_oracles_are_cached_and_a_damaged_one_is_retrained(scenario, caplog):
+    run = cache.trained_federation(scenario)
+    state, cost = cache.retrained_oracle(scenario, run)
+    second, _ = cache.retrained_oracle(scenario, run, second_seed=True)
+    assert not same(state, second)  # another sampling and data-order seed
+    again, again_cost = cache.retrained_oracle(scenario, run)
+    assert same(state, again) and again_cost.client_steps == cost.client_steps
+    (entry_dir(scenario) / "oracle-0.safetensors").write_bytes(b"not a tensor file")
+    with caplog.at_level(logging.WARNING, logger="fedunlearn.cache"):
+        fixed, _ = cache.retrained_oracle(scenario, run)
+    assert "oracle unusable" in caplog.text and same(state, fixed)
+
+
+def test_the_cache_can_be_switched_off(scenario, trainings, monkeypatch):
+    monkeypatch.setenv("FEDUNLEARN_NO_CACHE", "1")
+    cache.trained_federation(scenario)
+    cache.trained_federation(scenario)
+    assert len(trainings) == 2
+    assert not cache._root().exists()

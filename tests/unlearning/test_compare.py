@@ -1,0 +1,137 @@
+"""The comparison engine and ``fedunlearn bench``: deterministic results, verdicts against the oracle of
+the same seed, method configs, and clear one-line errors before anything trains."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedunlearn.cli import main
+from fedunlearn.federated.requests import ForgetRequestError
+from fedunlearn.unlearning import cache
+from fedunlearn.unlearning.compare import Comparison, compare, tolerance
+from fedunlearn.unlearning.registry import MethodSettingError, get_method
+
+
+@pytest.fixture(scope="module")
+def result():
+    return compare("digits-backdoor", ["do-nothing", "continue-fedavg"], seeds=[0, 1], progress=False)
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if anything trains."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained although the input was invalid")
+
+    monkeypatch.setattr(cache, "_every_round", refuse)
+
+
+@pytest.mark.slow
+def test_same_comparison_twice_gives_identical_metrics(result):
+    again = compare("digits-backdoor", ["do-nothing", "continue-fedavg"], seeds=[0, 1], progress=False)
+
+    def strip(c: Comparison) -> str:
+        rows = [{k: v for k, v in r.items() if k != "oracle_cost"} for r in c.per_seed]
+        for row in rows:
+            row["methods"] = {m: {k: v for k, v in d.items() if k not in ("cost", "rho_time")}
+                              for m, d in row["methods"].items()}
+        return json.dumps(rows, sort_keys=True)
+
+    assert strip(result) == strip(again)
+
+
+@pytest.mark.slow
+def test_verdicts_use_the_oracle_of_the_same_seed(result):
+    assert result.informative("asr")  # θ_o's backdoor separates it from θ_r
+    assert not result.equivalent("do-nothing", "asr")
+    assert not result.equivalent("continue-fedavg", "asr")
+    for row in result.per_seed:
+        gap = row["methods"]["do-nothing"]["gaps"]["asr"]
+        assert gap == pytest.approx(row["original"]["asr"] - row["oracle"]["asr"])
+    assert result.rho("do-nothing") == 0
+    assert result.aggregate["band"]["test_acc"] >= tolerance("test_acc") == 0.02
+    table = result.table(["test_acc", "asr"])
+    assert "| do-nothing |" in table and "seeds 0, 1" in table
+
+
+@pytest.mark.slow
+def test_any_seed_list_and_a_round_trip_through_json(tmp_path):
+    one = compare("digits-backdoor", ["do-nothing"], seeds=[3], progress=False, num_clients=3, rounds=2)
+    assert one.seeds == [3] and one.per_seed[0]["seed"] == 3
+    back = Comparison.load(one.save(tmp_path / "c.json"))
+    assert back.aggregate == json.loads(json.dumps(one.aggregate))
+
+
+@pytest.mark.slow
+def test_methods_with_configs_are_labelled_and_compared_side_by_side():
+    short = get_method("continue-fedavg", rounds=1)
+    assert short.label == "continue-fedavg[rounds=1]" and get_method("continue-fedavg").label == "continue-fedavg"
+    result = compare("digits-backdoor", ["continue-fedavg", short], seeds=[0], progress=False,
+                     num_clients=3, rounds=2)
+    steps = {m: result.per_seed[0]["methods"][m]["cost"]["client_steps"] for m in result.methods}
+    assert steps["continue-fedavg"] == 5 * steps["continue-fedavg[rounds=1]"]
+
+
+def test_bad_method_settings_are_refused_by_name():
+    with pytest.raises(MethodSettingError, match="unknown method 'nope'"):
+        get_method("nope")
+    with pytest.raises(MethodSettingError, match="federaser has no setting interval_length; settings: interval"):
+        get_method("federaser", interval_length=3)
+    with pytest.raises(MethodSettingError, match="federaser.interval must be int, got 'two'"):
+        get_method("federaser", interval="two")
+    assert get_method("federaser", calibration_ratio="1.0").config.calibration_ratio == 1.0
+    assert get_method("fedrecover", tolerance_rate="none").config.tolerance_rate is None
+    with pytest.raises(MethodSettingError, match="calibration_ratio must be in"):
+        get_method("federaser", calibration_ratio=1.5)
+    with pytest.raises(MethodSettingError, match="given twice"):
+        compare("digits-backdoor", ["do-nothing", "do-nothing"], progress=False)
+
+
+def test_granularity_mismatch_fails_before_training(no_training):
+    with pytest.raises(ForgetRequestError, match="'federaser' serves \\['client'\\] requests, not 'class'"):
+        compare("digits-class", ["federaser"], progress=False)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+@pytest.mark.slow
+def test_cli_writes_json_table_and_plot(tmp_path):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--scenario", "digits-class", "--methods", "do-nothing", "--seeds", "1",
+                 "--out", str(out), "--no-progress"])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data["aggregate"]["oracle"]["forget_acc"]["median"] == 0.0
+    assert out.with_suffix(".md").read_text().startswith("| model |")
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_cli_set_changes_a_config(capsys):
+    code = main(["bench", "--scenario", "digits-backdoor", "--methods", "continue-fedavg", "--seed-list", "0",
+                 "--num-clients", "3", "--rounds", "2", "--set", "continue-fedavg.rounds=1", "--no-progress"])
+    assert code == 0
+    assert "| continue-fedavg[rounds=1] |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--scenario", "digits-class", "--methods", "nope"], "unknown method 'nope'"),
+    (["--scenario", "digits-class", "--methods", "federaser"], "serves ['client'] requests, not 'class'"),
+    (["--scenario", "digits-backdoor", "--methods", "federaser", "--set", "federaser.nope=1"],
+     "federaser has no setting nope"),
+    (["--scenario", "digits-backdoor", "--methods", "federaser", "--set", "federaser.interval=x"],
+     "federaser.interval must be int, got 'x'"),
+    (["--scenario", "digits-backdoor", "--methods", "federaser", "--set", "kd.epochs=1"],
+     "--set names method(s) ['kd'] that are not in --methods"),
+    (["--scenario", "digits-backdoor", "--methods", "federaser", "--set", "interval=1"], "METHOD.FIELD=VALUE"),
+    (["--scenario", "digits-backdoor", "--methods", "retrain", "--num-clients", "99"], "num-clients=99"),
+    (["--scenario", "digits-backdoor", "--methods", "retrain", "--rounds", "-1"], "--rounds"),
+    (["--scenario", "digits-backdoor", "--methods", "retrain", "--seed-list", "1,x"], "--seed-list"),
+])
+def test_cli_bad_input_is_one_line_exit_2_and_trains_nothing(no_training, capsys, argv, message):
+    assert main(["bench", *argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
