@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from fedunlearn.paths import cache_dir
+from fedunlearn.paths import cache_dir, source_digest
 
-PACKAGE = Path(__file__).resolve().parent
 #: Libraries whose version can change a notebook's numbers.
 LIBRARIES = ("torch", "transformers", "peft", "numpy", "scikit-learn", "faker", "matplotlib")
 #: Seconds one notebook may run.
@@ -65,19 +64,10 @@ class Executed:
         return self.directory / "results"
 
 
-def package_digest() -> str:
-    """SHA-256 of every ``.py`` file of the package (relative names included)."""
-    digest = hashlib.sha256()
-    for file in sorted(PACKAGE.rglob("*.py")):
-        digest.update(file.relative_to(PACKAGE).as_posix().encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
-
-
 def inputs_digest(source: Path, package: str | None = None) -> str:
     """What a notebook's outputs depend on, hashed (see the module docstring)."""
     digest = hashlib.sha256(source.read_bytes())
-    digest.update((package or package_digest()).encode())
+    digest.update((package or source_digest()).encode())
     for name in LIBRARIES:
         try:
             digest.update(f"{name}={metadata.version(name)}".encode())
@@ -122,7 +112,7 @@ def execute_all(sources: Sequence[Path], workers: int | None = None,
     """
     root = cache_dir() / "notebooks"
     root.mkdir(parents=True, exist_ok=True)
-    package = package_digest()
+    package = source_digest()
     plans = [(source, root / f"{source.stem}-{inputs_digest(source, package)}") for source in sources]
     todo = [(s, d) for s, d in plans if not (d / "executed.ipynb").is_file()]
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))

@@ -86,7 +86,6 @@ display(Markdown(entry.claims_markdown()))
 FULL = os.environ.get("FULL") == "1"
 SEEDS = (0, 1, 2) if FULL else (0,)
 torch.set_num_threads(1)  # a 64-unit MLP is faster on one thread than split over two
-# transformers warns (FutureWarning, stderr) about a deprecated name that peft still calls.
 
 PAPER = FedEraserConfig()  # Δt = 2, r = 0.5
 SANITY = ("federaser", {"interval": 1, "calibration_ratio": 1.0})

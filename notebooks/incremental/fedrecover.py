@@ -77,7 +77,6 @@ display(Markdown(entry.claims_markdown()))
 FULL = os.environ.get("FULL") == "1"
 SEEDS = (0, 1, 2) if FULL else (0,)
 torch.set_num_threads(1)
-# transformers warns (FutureWarning, stderr) about a deprecated name that peft still calls.
 
 VARIANTS = [get_method("fedrecover"), get_method("fedrecover-no-correction"),
             get_method("fedrecover", final_rounds=5), get_method("fedrecover", tolerance_rate=1e-4)]

@@ -110,6 +110,8 @@ def forget_mask(data: ClientData, request: ForgetRequest) -> torch.Tensor:
     if request.kind == "client":
         return torch.full((n,), data.client_id in request.clients, dtype=torch.bool)
     if request.kind == "class":
+        if data.class_labels is None:  # text without class labels: a class request removes nothing
+            return torch.zeros(n, dtype=torch.bool)
         return data.class_labels == request.label
     return torch.isin(data.record_ids, torch.tensor(request.record_ids, dtype=data.record_ids.dtype))
 

@@ -32,13 +32,11 @@ the ClientApp import the catalog's entries ([`discover`][fedunlearn.catalog.disc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Mapping
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -53,7 +51,7 @@ from fedunlearn.flower.settings import (
     state_to_record,
     torch_threads,
 )
-from fedunlearn.paths import cache_dir
+from fedunlearn.paths import cache_dir, source_digest
 
 if TYPE_CHECKING:
     from torch import nn
@@ -63,7 +61,6 @@ if TYPE_CHECKING:
 
 app = ClientApp()
 
-PACKAGE = Path(__file__).resolve().parents[1]
 #: Package paths whose source decides a client's data (the key of the cached example count).
 DATA_SOURCES = ("data", "federated", "unlearning/scenarios.py")
 
@@ -95,23 +92,12 @@ def _setup(context: Context) -> tuple[int, Task, nn.Module, ClientData]:
     return (cid, *_client(settings.scenario, settings.seed, settings.num_clients, cid)[:3])
 
 
-def source_digest() -> str:
-    """SHA-256 of the package source that builds the clients' data (``DATA_SOURCES``)."""
-    digest = hashlib.sha256()
-    for item in DATA_SOURCES:
-        path = PACKAGE / item
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(file.relative_to(PACKAGE).as_posix().encode())
-            digest.update(file.read_bytes())
-    return digest.hexdigest()
-
-
 def num_examples(context: Context) -> int:
     """This node's example count: from the node's cache file, else from the data (then cached)."""
     settings = RunSettings.from_run_config(context.run_config, check_method=False)
     cid = partition_id(context.node_config)
     use_cache = os.environ.get("FEDUNLEARN_NO_CACHE", "0") in ("", "0")
-    file = cache_dir() / "flower" / f"{settings.scenario}-seed{settings.seed}-client{cid}-{source_digest()[:20]}.json"
+    file = cache_dir() / "flower" / f"{settings.scenario}-seed{settings.seed}-client{cid}-{source_digest(*DATA_SOURCES)[:20]}.json"
     if use_cache and file.is_file():
         facts = json.loads(file.read_text())
         _check_client(settings.scenario, settings.num_clients, cid, facts["clients"])
@@ -147,8 +133,6 @@ def selected(values: Mapping, data: ClientData) -> int:
     from fedunlearn.federated.training import LocalPlan
 
     plan = LocalPlan.from_config({k: v for k, v in values.items() if k == "data" or k.startswith("request.")})
-    if plan.request is not None and plan.request.kind == "class" and data.class_labels is None:
-        return 0  # no class labels: a class request selects nothing here
     return plan.select(data).num_samples
 
 

@@ -33,7 +33,6 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
-from functools import cache
 from pathlib import Path
 
 import torch
@@ -42,7 +41,7 @@ from safetensors.torch import save as save_safetensors_bytes
 from fedunlearn.federated.costs import CostCounter
 from fedunlearn.federated.history import HistoryError, TrainingHistory, read_verified
 from fedunlearn.federated.task import State
-from fedunlearn.paths import cache_dir
+from fedunlearn.paths import cache_dir, source_digest
 from fedunlearn.unlearning.base import (
     TrainedFederation,
     UnlearningMethod,
@@ -54,7 +53,6 @@ from fedunlearn.unlearning.scenarios import Scenario
 
 log = logging.getLogger("fedunlearn.cache")
 
-PACKAGE = Path(__file__).resolve().parents[1]
 #: Package paths whose source determines a trained federation or a retrained oracle.
 TRAINING_SOURCES = ("federated", "models", "data", "unlearning/controls.py", "unlearning/base.py")
 #: Seed offset of the second oracle (the noise floor).
@@ -63,19 +61,6 @@ SECOND_SEED_OFFSET = 7777
 
 class CacheError(Exception):
     """Cached content that cannot be used (reported, then recomputed)."""
-
-
-@cache
-def source_digest(*relative: str) -> str:
-    """SHA-256 of the ``.py`` files under the given package paths (sorted, names included)."""
-    digest = hashlib.sha256()
-    for item in relative:
-        path = PACKAGE / item
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-        for file in files:
-            digest.update(file.relative_to(PACKAGE).as_posix().encode())
-            digest.update(file.read_bytes())
-    return digest.hexdigest()
 
 
 def enabled() -> bool:
