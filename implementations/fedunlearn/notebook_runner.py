@@ -19,6 +19,7 @@ Command line (used by the docs build for each notebook)::
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -115,6 +116,13 @@ def execute_all(sources: Sequence[Path], workers: int | None = None,
     package = source_digest()
     plans = [(source, root / f"{source.stem}-{inputs_digest(source, package)}") for source in sources]
     todo = [(s, d) for s, d in plans if not (d / "executed.ipynb").is_file()]
+    timings_file = root / "durations.json"
+    try:
+        last = json.loads(timings_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        last = {}
+    # longest first (as last measured; unknown ones first of all), so parallel workers finish together
+    todo.sort(key=lambda item: -last.get(item[0].stem, float("inf")))
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     report(f"notebooks: {len(plans) - len(todo)} of {len(plans)} unchanged (cached); "
            f"executing {len(todo)}, {workers} at a time")
@@ -140,6 +148,10 @@ def execute_all(sources: Sequence[Path], workers: int | None = None,
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(run, todo))
+    last.update({d.name.rsplit("-", 1)[0]: t for d, t in done.items() if t > 0})
+    staging = root / ".durations.json.tmp"
+    staging.write_text(json.dumps(last, indent=1, sort_keys=True))
+    os.replace(staging, timings_file)
     if failures:
         raise RuntimeError("\n\n".join(failures))
     return [Executed(source, directory, done[directory]) for source, directory in plans]

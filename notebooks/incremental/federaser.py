@@ -52,7 +52,7 @@ from fedunlearn.incremental.federaser import (
 from fedunlearn.results import Results
 from fedunlearn.unlearning import cache
 from fedunlearn.unlearning.compare import BACKDOOR_MARGIN, compare, tolerance
-from fedunlearn.unlearning.scenarios import build_scenario
+from fedunlearn.unlearning.scenarios import LM_SMOKE, build_scenario
 
 entry = catalog.get("federaser")
 claims = entry.claims
@@ -281,7 +281,7 @@ display(Markdown(results.claims("claims", [
 # FedRecover notebook compares on the same federation (shared through the cache).
 
 # %%
-LM_ROUNDS = 0 if FULL else 6  # 0: the scenario's own rounds
+LM_ROUNDS = 0 if FULL else LM_SMOKE["rounds"]  # 0: the scenario's own rounds
 LM_METRICS = ("test_logprob", "retain_logprob", "forget_logprob", "mia_auc_loss", "mia_auc_mink",
               "canary_exposure", "canary_extraction")
 lm = compare("profiles-client", ("federaser", "federaser-no-calibration"), full=FULL, rounds=LM_ROUNDS,

@@ -48,7 +48,7 @@ from fedunlearn.incremental.fedrecover import (
 from fedunlearn.results import Results
 from fedunlearn.unlearning.compare import Comparison, compare, tolerance
 from fedunlearn.unlearning.registry import get_method
-from fedunlearn.unlearning.scenarios import build_scenario
+from fedunlearn.unlearning.scenarios import LM_SMOKE, build_scenario
 
 entry = catalog.get("fedrecover")
 claims = entry.claims
@@ -227,7 +227,7 @@ display(Markdown(results.claims("claims", [
 # cached federation); `FULL=1` runs the scenario's full configuration.
 
 # %%
-LM_ROUNDS = 0 if FULL else 6  # 0: the scenario's own rounds
+LM_ROUNDS = 0 if FULL else LM_SMOKE["rounds"]  # 0: the scenario's own rounds
 LM_METRICS = ("test_logprob", "retain_logprob", "forget_logprob", "mia_auc_loss", "canary_exposure")
 lm = compare("profiles-client", ("fedrecover", "fedrecover-no-correction"), full=FULL, rounds=LM_ROUNDS,
              progress=False)

@@ -45,7 +45,7 @@ from fedunlearn.incremental.kd_unlearning import (
 )
 from fedunlearn.results import Results
 from fedunlearn.unlearning.compare import BACKDOOR_MARGIN, compare
-from fedunlearn.unlearning.scenarios import build_scenario
+from fedunlearn.unlearning.scenarios import LM_SMOKE, build_scenario
 
 entry = catalog.get("kd-unlearning")
 claims = entry.claims
@@ -255,9 +255,10 @@ display(Markdown(results.add("controls", (
 # No paper in this family ran it there. Scenario `profiles-client`: a tiny Llama-style model
 # (pretrained once on other fictitious people); clients fine-tune LoRA adapters with FedAvg on
 # question-answer records about their people (one canary secret each); forget client 0. At smoke
-# size the federation is cut to its first 3 clients and 5 rounds (`FULL=1`: the scenario's 4
-# clients and 15 rounds); one seed either way. The federated state is the adapters, so teacher
-# and student are two adapter states on the same frozen base model. The server's unlabeled text
+# size the federation is cut to its first 6 rounds, the smoke cut every entry notebook shares
+# (`LM_SMOKE`; `FULL=1`: the scenario's 4 clients and 15 rounds); one seed either way. The
+# federated state is the adapters, so teacher and student are two adapter states on the same
+# frozen base model. The server's unlabeled text
 # (`Scenario.server_inputs`): **the questions only (no answers) about 40 fresh fictitious people**
 # (ids disjoint from every federated, held-out and pretraining person). Distillation matches the
 # next-token distribution of $\theta_o$ at every position of those questions, Adam lr $10^{-3}$,
@@ -265,7 +266,7 @@ display(Markdown(results.add("controls", (
 
 # %%
 LM_KD = {"optimizer": "adam", "lr": 1e-3, "epochs": 5, "batch_size": 16}
-LM_SIZE = {} if FULL else {"num_clients": 3, "rounds": 5}
+LM_SIZE = {} if FULL else LM_SMOKE
 LM_METRICS = ["test_logprob", "retain_logprob", "forget_logprob", "mia_auc_loss", "canary_exposure"]
 lm = compare("profiles-client", ["kd-subtract-only", ("kd", LM_KD)], seeds=(0,), progress=False, **LM_SIZE)
 lm_kd = lm.methods[1]
@@ -280,7 +281,7 @@ def canary_name(prompt: str) -> str:
 scenario_names = {canary_name(r.prompt) for r in lm_scenario.records.values() if r.kind == "canary"}
 server_names = {p.name for p in make_profiles(40, seed=1234, first_id=2_000_000)}  # as Scenario.server_inputs
 lm_regime = ("`profiles-client` at seed 0, " + ("the scenario's 4 clients and 15 rounds" if FULL
-                                                else "its first 3 clients and 5 rounds"))
+                                                else f"its 4 clients and first {LM_SMOKE['rounds']} rounds"))
 results.add("lm_server", (
     f"The server's text: {len(lm_scenario.server_inputs['input_ids'])} questions about {len(server_names)} people; "
     f"names shared with federated or held-out people by chance: {len(server_names & scenario_names)}"))

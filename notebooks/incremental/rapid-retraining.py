@@ -48,7 +48,7 @@ from fedunlearn.unlearning import cache
 from fedunlearn.unlearning.compare import BACKDOOR_MARGIN, Comparison, compare
 from fedunlearn.unlearning.evaluate import evaluate
 from fedunlearn.unlearning.registry import get_method
-from fedunlearn.unlearning.scenarios import PROFILES_FEDERATION, build_scenario
+from fedunlearn.unlearning.scenarios import LM_SMOKE, PROFILES_FEDERATION, build_scenario
 
 entry = catalog.get("rapid-retraining")
 claims = entry.claims
@@ -311,17 +311,17 @@ print(results.items["class_verdict"])
 # regime); forget client 0 and every record of its people. The paper only trained image
 # classifiers from scratch. Rapid retraining restarts the adapters from their initialisation with
 # the Fisher optimiser at the same paper defaults, and is compared with retraining by local Adam.
-# Smoke size keeps the first 3 clients and 5 rounds (`FULL=1`: the scenario's 4 clients and 15
-# rounds); one seed either way.
+# Smoke size keeps the first 6 rounds, the smoke cut every entry notebook shares (`LM_SMOKE`;
+# `FULL=1`: the scenario's 4 clients and 15 rounds); one seed either way.
 
 # %%
-LM_SIZE = {} if FULL else {"num_clients": 3, "rounds": 5}
+LM_SIZE = {} if FULL else LM_SMOKE
 LM_ROUNDS = LM_SIZE.get("rounds", PROFILES_FEDERATION.rounds)
 LM_METRICS = ("test_logprob", "retain_logprob", "forget_logprob", "mia_auc_loss", "mia_auc_zlib")
 lm = compare("profiles-client", [RAPID], seeds=(0,), progress=False, **LM_SIZE)
 display(Markdown(results.add("lm_table", lm.table(LM_METRICS, costs=("steps", "comm")))))
 lm_regime = ("`profiles-client` at seed 0, " + ("the scenario's 4 clients and 15 rounds" if FULL
-                                                else "its first 3 clients and 5 rounds"))
+                                                else f"its 4 clients and first {LM_SMOKE['rounds']} rounds"))
 
 # %% [markdown]
 # Read the table against retraining, not against zero: a retrained adapter still knows the format

@@ -24,13 +24,14 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from fedunlearn.paths import cache_dir
+from fedunlearn.paths import cache_dir, file_lock
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,12 @@ def load_base_model(config: TinyLMConfig, corpus: Callable[[], dict[str, torch.T
 
         return AutoModelForCausalLM.from_pretrained(config.model_name)
     cache = cache_dir() / f"tiny-lm-{config.cache_key(corpus_key)}.safetensors"
+    with file_lock(cache):  # parallel notebooks pretrain once; the others wait and load it
+        return _cached_base_model(config, corpus, cache, progress)
+
+
+def _cached_base_model(config: TinyLMConfig, corpus: Callable[[], dict[str, torch.Tensor]], cache: Path,
+                       progress: bool) -> nn.Module:
     tokenizer = build_tokenizer(config)
     if cache.is_file():
         model = _random_tiny_model(config, len(tokenizer))

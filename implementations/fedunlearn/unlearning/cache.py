@@ -23,15 +23,13 @@ file lock, so parallel notebooks train each federation once and never read half 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -41,7 +39,7 @@ from safetensors.torch import save as save_safetensors_bytes
 from fedunlearn.federated.costs import CostCounter
 from fedunlearn.federated.history import HistoryError, TrainingHistory, read_verified
 from fedunlearn.federated.task import State
-from fedunlearn.paths import cache_dir, source_digest
+from fedunlearn.paths import cache_dir, file_lock, source_digest
 from fedunlearn.unlearning.base import (
     TrainedFederation,
     UnlearningMethod,
@@ -79,17 +77,6 @@ def federation_key(scenario: Scenario, method: UnlearningMethod | None = None) -
                               "source": source_digest(type(method).__module__.split(".", 1)[1].replace(".", "/") + ".py")}
     text = json.dumps(material, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24], material
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_atomic(path: Path, payload: bytes) -> None:
@@ -170,7 +157,7 @@ def _every_round(scenario: Scenario, method: UnlearningMethod | None, progress: 
         return train()
     key, material = federation_key(scenario, method)
     entry = _root() / key
-    with _locked(entry):
+    with file_lock(entry):
         try:
             meta = _read_meta(entry, key)
             history = TrainingHistory.load(entry / "history")
@@ -217,7 +204,7 @@ def retrained_oracle(scenario: Scenario, run: TrainedFederation, second_seed: bo
     key, _ = federation_key(scenario, method)
     entry = _root() / key
     name = f"oracle-{int(second_seed)}"
-    with _locked(entry):
+    with file_lock(entry):
         meta = _read_meta(entry, key) if (entry / "meta.json").is_file() else None
         if meta is not None and name in meta.get("oracles", {}):
             record = meta["oracles"][name]

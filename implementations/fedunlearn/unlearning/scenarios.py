@@ -165,6 +165,12 @@ DIGITS_CONFIG = FederationConfig(rounds=20, local_epochs=1, batch_size=16, lr=0.
 PROFILES_FEDERATION = FederationConfig(rounds=15, local_epochs=4, batch_size=10, lr=6e-3, optimizer="adam")
 
 
+#: The smoke-size cut of ``profiles-client`` that entry notebooks use for their language-model
+#: part (``compare("profiles-client", ..., **LM_SMOKE)``): one shared size, so the docs build
+#: trains that federation and its oracles once for all of them.
+LM_SMOKE = {"rounds": 6}
+
+
 def default_device() -> str:
     """``$FEDUNLEARN_DEVICE``, else ``"cpu"``."""
     return os.environ.get("FEDUNLEARN_DEVICE", "cpu")
