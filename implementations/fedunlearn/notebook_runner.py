@@ -1,7 +1,7 @@
 """Execute the repository's notebooks for the site: in parallel, and only when their inputs changed.
 
-Each jupytext notebook is executed in its own process (one kernel each, as many at a time as the
-machine has cores) and kept under ``$FEDUNLEARN_CACHE/notebooks/<stem>-<digest>/``: the executed
+Each jupytext notebook is executed in its own process (one kernel each, one more at a time than
+the machine has cores) and kept under ``$FEDUNLEARN_CACHE/notebooks/<stem>-<digest>/``: the executed
 ``.ipynb`` and the ``results/`` it saved ([`Results`][fedunlearn.results.Results]). The digest
 covers everything the outputs depend on: the notebook's text, the package's source, the versions
 of the libraries that compute, ``FULL`` and ``FEDUNLEARN_DEVICE``. A rebuild with nothing changed
@@ -123,7 +123,8 @@ def execute_all(sources: Sequence[Path], workers: int | None = None,
         last = {}
     # longest first (as last measured; unknown ones first of all), so parallel workers finish together
     todo.sort(key=lambda item: -last.get(item[0].stem, float("inf")))
-    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    # one more than the cores: a notebook waiting for a federation another one is training idles
+    workers = max(1, min(workers or (os.cpu_count() or 1) + 1, len(todo) or 1))
     report(f"notebooks: {len(plans) - len(todo)} of {len(plans)} unchanged (cached); "
            f"executing {len(todo)}, {workers} at a time")
     failures: list[str] = []

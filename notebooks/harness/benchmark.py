@@ -35,7 +35,7 @@ from IPython.display import Image, Markdown, display
 from fedunlearn.unlearning.bench import pareto_plot
 from fedunlearn.unlearning.compare import compare
 from fedunlearn.unlearning.registry import available_methods
-from fedunlearn.unlearning.scenarios import build_scenario
+from fedunlearn.unlearning.scenarios import LM_SMOKE, build_scenario
 
 torch.set_num_threads(1)
 FULL = os.environ.get("FULL") == "1"
@@ -70,11 +70,14 @@ display(Image(str(pareto_plot(backdoor, plot_path, metric="asr"))))
 #
 # Four clients fine-tune LoRA adapters of a tiny causal LM on question–answer records about
 # fictitious people (each with a planted six-digit secret); the request forgets client 0 and its
-# people. Forgetting shows in `forget_logprob`, the membership AUCs and the canaries.
+# people. Forgetting shows in `forget_logprob`, the membership AUCs and the canaries. At smoke size
+# the federation trains its first 6 rounds (`LM_SMOKE`, the cut the entries' notebooks share);
+# `FULL=1` runs the scenario's 15 rounds and every method.
 
 # %%
 lm_methods = [m for m in methods_for("profiles-client") if FULL or m in ("do-nothing", "continue-fedavg")]
-language = compare("profiles-client", lm_methods, seeds=SEEDS, full=FULL, progress=False)
+language = compare("profiles-client", lm_methods, seeds=SEEDS, full=FULL, progress=False,
+                   **({} if FULL else LM_SMOKE))
 display(Markdown(language.table()))
 
 # %% [markdown]
