@@ -29,7 +29,6 @@
 
 # %%
 import os
-import statistics
 
 import matplotlib.pyplot as plt
 import torch
@@ -108,28 +107,22 @@ def rounds_used(comparison: Comparison, label: str, total: int, seed_index: int 
 # bytes exchanged, wall time).
 
 # %%
-cmp = compare("digits-backdoor", ["continue-fedavg", "retrain", RAPID, *((RAPID, o) for o in ABLATIONS.values())],
-              seeds=SEEDS, full=FULL, progress=False)
+cmp = compare("digits-backdoor", ["continue-fedavg", RAPID, *((RAPID, o) for o in ABLATIONS.values())],
+              seeds=SEEDS, full=FULL, progress=False, timing=True)
 label_of = {RAPID: RAPID, **{name: get_method(RAPID, **o).label for name, o in ABLATIONS.items()}}
 display(Markdown(results.add("table", cmp.table(METRICS, ["continue-fedavg", *label_of.values()]))))
 
 # %% [markdown]
-# Wall time: the oracle $\theta_r$ comes from the federation cache, so its wall time was measured
-# in another process (under another load). `retrain` is therefore also run here, as a method, and
-# $\rho_\text{time}$ is taken against it, in this process. Retraining lasts seconds here, so this
-# ratio is indicative only (MEASURING.md asks for runs of at least 10 s before quoting it).
+# Wall time: the oracle $\theta_r$ comes from the federation cache, so `compare(..., timing=True)`
+# retrains it once more in this process and takes $\rho_\text{time}$ against that run. Retraining
+# lasts seconds here, so this ratio is indicative only (the Evaluating page asks for runs of at
+# least 10 s before quoting it).
 
 
 # %%
-def time_ratio(label: str) -> float:
-    """Median over seeds of the method's wall time over that of ``retrain`` run in this process."""
-    return statistics.median(row["methods"][label]["cost"]["wall_time_s"]
-                             / row["methods"]["retrain"]["cost"]["wall_time_s"] for row in cmp.per_seed)
-
-
-rho_time = time_ratio(RAPID)
-print(f"retraining: {cmp.per_seed[0]['methods']['retrain']['cost']['wall_time_s']:.1f} s; "
-      f"ρ_time of {RAPID}: {rho_time:.2f}; of the same stop with SGD: {time_ratio(label_of['same stop, SGD']):.2f}")
+rho_time = cmp.rho(RAPID, "time")
+print(f"ρ_time of {RAPID}: {rho_time:.2f}; of the same stop with SGD: "
+      f"{cmp.rho(label_of['same stop, SGD'], 'time'):.2f}")
 
 scenario = build_scenario("digits-backdoor", seed=SEEDS[0], full=FULL)
 T = scenario.config.rounds
@@ -280,7 +273,7 @@ display(Markdown(results.claims("claims", [
 # %%
 ablation_lines = [f"- {name} (`{label_of[name]}`): test accuracy {points('test_acc', label_of[name])} from θ_r, "
                   f"ρ_steps {cmp.rho(label_of[name], 'steps'):.2f}, ρ_comm {cmp.rho(label_of[name], 'comm'):.2f}, "
-                  f"ρ_time {time_ratio(label_of[name]):.2f}, "
+                  f"ρ_time {cmp.rho(label_of[name], 'time'):.2f}, "
                   f"ran {rounds_used(cmp, label_of[name], T)} of {T} rounds (seed {SEEDS[0]})." for name in ABLATIONS]
 display(Markdown(results.add("ablations", "\n".join(ablation_lines))))
 

@@ -4,12 +4,16 @@ the same seed, method configs, and clear one-line errors before anything trains.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from fedunlearn.cli import main
+from fedunlearn.federated.loop import run_rounds
 from fedunlearn.federated.requests import ForgetRequestError
+from fedunlearn.federated.training import LocalPlan
 from fedunlearn.unlearning import cache
+from fedunlearn.unlearning.base import UnlearningMethod, train_federation
 from fedunlearn.unlearning.compare import Comparison, compare, tolerance
 from fedunlearn.unlearning.registry import MethodSettingError, get_method
 
@@ -135,3 +139,36 @@ def test_cli_bad_input_is_one_line_exit_2_and_trains_nothing(no_training, capsys
     assert main(["bench", *argv, "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+class HalfRounds(UnlearningMethod):
+    """A toy method that owns its training phase: it trains the federation for half the rounds
+    (standing for a decomposition method's own training) and forgets by retraining that way."""
+
+    name = "test-half-rounds"
+    granularities = frozenset({"client"})
+    owns_training = True
+    calls: list[int] = []
+
+    def train_federation(self, setup, progress=False):
+        self.calls.append(1)
+        config = replace(setup.config, rounds=max(1, setup.config.rounds // 2))
+        return replace(train_federation(setup.task, setup.pool, config, setup.init_state, model=setup.model),
+                       server_inputs=setup.server_inputs)
+
+    def unlearn(self, run, request, counter):
+        return run_rounds(run.pool, run.init_state, run.config, range(run.config.rounds),
+                          plan=LocalPlan("retained", request), counter=counter)
+
+
+@pytest.mark.slow
+def test_a_method_that_owns_its_training_is_trained_cached_and_judged(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDUNLEARN_CACHE", str(tmp_path))
+    HalfRounds.calls.clear()
+    first = compare("digits-backdoor", [HalfRounds()], seeds=[0], progress=False, num_clients=3, rounds=4)
+    again = compare("digits-backdoor", [HalfRounds()], seeds=[0], progress=False, num_clients=3, rounds=4)
+    assert HalfRounds.calls == [1]  # its own training phase ran once, then came from the cache
+    row = first.per_seed[0]["methods"]["test-half-rounds"]
+    assert "trained_metrics" in row  # its θ_o is evaluated too: the utility its training costs
+    assert row["cost"]["client_rounds"] == 2 * 2  # forgetting retrains its 2 rounds on 2 clients
+    assert row["metrics"] == again.per_seed[0]["methods"]["test-half-rounds"]["metrics"]

@@ -24,6 +24,7 @@ file lock, so parallel notebooks train each federation once and never read half 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from safetensors.torch import save as save_safetensors_bytes
 from fedunlearn.federated.costs import CostCounter
 from fedunlearn.federated.history import HistoryError, TrainingHistory, read_verified
 from fedunlearn.federated.task import State
+from fedunlearn.federated.training import FederationConfig
 from fedunlearn.paths import cache_dir, file_lock, source_digest
 from fedunlearn.unlearning.base import (
     TrainedFederation,
@@ -73,8 +75,9 @@ def federation_key(scenario: Scenario, method: UnlearningMethod | None = None) -
     material = {"scenario": fingerprint, "source": source_digest(*TRAINING_SOURCES),
                 "torch": torch.__version__}
     if method is not None and method.owns_training:
+        source = Path(inspect.getsourcefile(type(method)) or "").read_bytes()
         material["method"] = {"label": method.label, "config": asdict(method.config),
-                              "source": source_digest(type(method).__module__.split(".", 1)[1].replace(".", "/") + ".py")}
+                              "source": hashlib.sha256(source).hexdigest()}
     text = json.dumps(material, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24], material
 
@@ -165,8 +168,9 @@ def _every_round(scenario: Scenario, method: UnlearningMethod | None, progress: 
                       for name, sha in meta.get("extras", {}).items()}
             if history.final_state is None:
                 raise CacheError(f"{entry / 'history'}: no final state")
-            return replace(setup, init_state=history.init_state, final_state=history.final_state, history=history,
-                           cost=_counter(meta["cost"]), extras=extras)
+            return replace(setup, config=FederationConfig(**meta["config"]), init_state=history.init_state,
+                           final_state=history.final_state, history=history, cost=_counter(meta["cost"]),
+                           extras=extras)
         except (CacheError, HistoryError, KeyError) as exc:
             if entry.exists():
                 log.warning("cached federation unusable, training again: %s", exc)
@@ -179,7 +183,8 @@ def _every_round(scenario: Scenario, method: UnlearningMethod | None, progress: 
             payload = _state_payload(state)
             _write_atomic(entry / f"extra-{name}.safetensors", payload)
             extras[name] = hashlib.sha256(payload).hexdigest()
-        meta = {"key": key, "material": material, "cost": run.cost.as_dict(), "extras": extras, "oracles": {}}
+        meta = {"key": key, "material": material, "config": run.config.as_dict(), "cost": run.cost.as_dict(),
+                "extras": extras, "oracles": {}}
         _write_atomic(entry / "meta.json", json.dumps(meta, indent=1, sort_keys=True, default=str).encode())
         return run
 
