@@ -260,3 +260,18 @@ def test_client_imports_the_entries_only_for_a_name_it_does_not_know(monkeypatch
     client_app.ensure_registered({"objective.name": "mean-loss"}, {"optimizer": "no-such-optimiser"})
     client_app.ensure_registered({"objective.name": "no-such-objective"})
     assert calls == [False, False]
+
+
+@pytest.mark.slow
+def test_lora_adapters_travel_through_the_flower_pool():
+    """The federated LoRA language model through the Flower pool: only adapter tensors travel, and
+    one round equals the in-process round (messages through the real ClientApp)."""
+    config = {"scenario": "profiles-client", "seed": 0, "num-clients": 3, "rounds": 1}
+    lm = RunSettings(scenario="profiles-client", num_clients=3, rounds=1).build_scenario()
+    reference = train_federation(lm.task, lm.pool(), lm.config)
+    pool = FlowerPool(LocalGrid(config, {NODE[c]: c for c in range(3)}), range(3), node_wait_s=0.2,
+                      round_timeout_s=30.0, poll_s=0.0)
+    flower = train_federation(lm.task, pool, lm.config, reference.init_state)
+    assert all("lora_" in key for key in flower.final_state)
+    assert_same_state(flower.final_state, reference.final_state)
+    assert flower.cost.bytes_down == reference.cost.bytes_down
