@@ -110,3 +110,23 @@ def test_the_cache_can_be_switched_off(scenario, trainings, monkeypatch):
     cache.trained_federation(scenario)
     assert len(trainings) == 2
     assert not cache._root().exists()
+
+
+def test_an_evaluation_is_computed_once_per_state_and_code(scenario, monkeypatch):
+    run = cache.trained_federation(scenario)
+    calls = []
+    original = cache.evaluate
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "evaluate", counting)
+    first = cache.evaluation(scenario, run.final_state, run.model)
+    again = cache.evaluation(scenario, run.final_state, run.model)
+    assert first == again and len(calls) == 1
+    other = cache.evaluation(scenario, run.init_state, run.model)  # another state: computed
+    assert len(calls) == 2 and other != first
+    for file in (cache._root().parent / "evaluations").glob("*.json"):
+        file.write_text("{")  # damaged: recomputed, never trusted
+    assert cache.evaluation(scenario, run.final_state, run.model) == first and len(calls) == 3

@@ -8,7 +8,11 @@ comparison, and many pages and tests need the same ones. They are trained once a
   ($w_0$, kept rounds, $\theta_o$), safetensors files with SHA-256 in its manifest;
 - ``oracle-<k>.safetensors``: retrained states ($k = 0$ the referee, $k = 1$ the second seed that
   measures the noise floor), their digests and costs in ``meta.json``;
-- ``meta.json``: the key's material and the training cost, written last.
+- ``meta.json``: the key's material and the training cost, written last;
+
+and, under ``evaluations/``, the metrics of every cached state ($\theta_o$, $\theta_r$, the second
+oracle) on its scenario, keyed by the state's digest and the evaluation code
+([`evaluation`][fedunlearn.unlearning.cache.evaluation]).
 
 The key hashes **everything that determines the result**: the scenario's fingerprint (name,
 seed, config, request, task description, a digest of every client's tensors), the history
@@ -36,6 +40,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save as save_safetensors_bytes
+from torch import nn
 
 from fedunlearn.federated.costs import CostCounter
 from fedunlearn.federated.history import HistoryError, TrainingHistory, read_verified
@@ -49,6 +54,7 @@ from fedunlearn.unlearning.base import (
     train_federation,
 )
 from fedunlearn.unlearning.controls import Retrain
+from fedunlearn.unlearning.evaluate import evaluate
 from fedunlearn.unlearning.scenarios import Scenario
 
 log = logging.getLogger("fedunlearn.cache")
@@ -225,6 +231,36 @@ def retrained_oracle(scenario: Scenario, run: TrainedFederation, second_seed: bo
         meta.setdefault("oracles", {})[name] = {"sha256": hashlib.sha256(payload).hexdigest(), "cost": cost.as_dict()}
         _write_atomic(entry / "meta.json", json.dumps(meta, indent=1, sort_keys=True, default=str).encode())
         return state, cost
+
+
+#: Package paths whose source determines an evaluation (besides the state and the scenario).
+EVALUATION_SOURCES = (*TRAINING_SOURCES, "unlearning/evaluate.py", "unlearning/metrics.py", "unlearning/scenarios.py")
+
+
+def evaluation(scenario: Scenario, state: State, model: nn.Module) -> dict[str, float]:
+    r"""[`evaluate`][fedunlearn.unlearning.evaluate.evaluate] of ``state``, from the cache when the same
+    state was evaluated on the same scenario by the same code (the shared $\theta_o$, $\theta_r$
+    and second oracle are evaluated once for every comparison that uses them)."""
+    if not enabled():
+        return evaluate(scenario, state, model)
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().contiguous().cpu().numpy().tobytes())
+    material = {"scenario": scenario.fingerprint(), "state": digest.hexdigest(),
+                "source": source_digest(*EVALUATION_SOURCES), "torch": torch.__version__}
+    key = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    file = _root().parent / "evaluations" / f"{key}.json"
+    try:
+        cached = json.loads(file.read_text())
+        if cached.get("material") == json.loads(json.dumps(material, default=str)):
+            return dict(cached["metrics"])
+    except (OSError, json.JSONDecodeError, AttributeError, KeyError):
+        pass
+    metrics = evaluate(scenario, state, model)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(file, json.dumps({"material": material, "metrics": metrics}, default=str).encode())
+    return metrics
 
 
 def clear(predicate: Callable[[dict], bool] | None = None) -> int:

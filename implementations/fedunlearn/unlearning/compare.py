@@ -274,12 +274,12 @@ def compare(scenario: str, methods: Sequence[MethodLike], seeds: Sequence[int] =
         bar.update()
         oracle_state, oracle_cost = cache.retrained_oracle(sc, base)
         oracle_time = run_method(Retrain(), base, sc.request).cost.wall_time_s if timing else float("nan")
-        oracle = evaluate(sc, oracle_state, base.model)
+        oracle = cache.evaluation(sc, oracle_state, base.model)
         bar.update()
-        second = evaluate(sc, cache.retrained_oracle(sc, base, second_seed=True)[0], base.model)
+        second = cache.evaluation(sc, cache.retrained_oracle(sc, base, second_seed=True)[0], base.model)
         bar.update()
         row = {"seed": seed, "oracle": oracle, "oracle_second_seed": second,
-               "original": evaluate(sc, base.final_state, base.model),
+               "original": cache.evaluation(sc, base.final_state, base.model),
                "oracle_cost": oracle_cost.as_dict(), "methods": {}}
         model_bytes = state_bytes(base.final_state)
         for method in instances:
