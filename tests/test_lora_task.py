@@ -52,7 +52,7 @@ def federation(task):
 @pytest.fixture(scope="module")
 def small_federation(task):
     """2 clients x 2 people: what the training tests run on."""
-    return profile_clients(task, num_clients=2, people_per_client=2, heldout_people=2, seed=0)
+    return profile_clients(task, num_clients=2, people_per_client=2, unseen_people=2, seed=0)
 
 
 def train(task: LoraCausalLMTask, clients, counter: CostCounter | None = None):
@@ -77,7 +77,7 @@ def test_people_live_on_one_client(federation):
             assert person not in seen, f"person {person} on clients {seen[person]} and {cid}"
             seen[person] = cid
         assert federation.clients[cid].num_samples == len(people) * RECORDS_PER_PERSON
-    heldout_people = {r.owner_id for r in federation.heldout}
+    heldout_people = {r.owner_id for r in federation.unseen}
     assert not heldout_people & set(seen)
 
 
@@ -154,7 +154,7 @@ def test_checkpoint_by_path_trains_like_the_embedded_model(task, tmp_path):
             warnings.simplefilter("ignore", FutureWarning)
             runs = []
             for current in (task, checkpoint):
-                federation = profile_clients(current, num_clients=2, people_per_client=2, heldout_people=2, seed=0)
+                federation = profile_clients(current, num_clients=2, people_per_client=2, unseen_people=2, seed=0)
                 runs.append((federation, *train(current, federation.clients)))
     finally:
         hf_logging.set_verbosity(verbosity)

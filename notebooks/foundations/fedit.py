@@ -50,9 +50,9 @@ from fedunlearn.foundations.fedit import (
     MEMBER_GAIN,
     MEMBER_MARGIN,
     greedy_answer,
-    greedy_extracted,
     record_logprobs,
 )
+from fedunlearn.models.decoding import greedy_reproduces
 from fedunlearn.results import Results
 from fedunlearn.unlearning.cache import trained_federation
 from fedunlearn.unlearning.scenarios import build_scenario
@@ -67,7 +67,7 @@ display(Markdown(entry.claims_markdown()))
 # | | FedIT paper | here |
 # |---|---|---|
 # | base model | LLaMA-7B (Shepherd's default adapters: $r = 8$ on the attention projections) | a tiny Llama-style model (3 layers, width 128, byte tokenizer, ~0.6 M parameters) pretrained for a few hundred steps on *other* fictitious people, so it knows the question format but none of the clients' facts; LoRA $r = 16$ on every linear layer |
-# | data | Databricks-Dolly-15k instructions spread over clients by category | **synthetic profiles stand in for Dolly**: fictitious people (Faker, seeded) rendered as question-answer records (birth city, birth year, job, and a planted six-digit secret code, the *canary*); each person lives on exactly one client |
+# | data | Databricks-Dolly-15k instructions spread over clients by category | **synthetic profiles stand in for Dolly**: fictitious people (Faker, seeded) rendered as question-answer records (birth city, birth year, job, and a planted four-digit secret code, the *canary*); each person lives on exactly one client |
 # | evaluation | GPT-4 scores of free-form answers | mean log-probability per answer token; greedy extraction of the canaries |
 #
 # With private facts as the "instructions", *what the federation adds* is measurable: a client
@@ -91,12 +91,12 @@ task, clients, config = scenario.task, scenario.clients, scenario.config
 heldout = scenario.test
 client_people = {cid: sorted(set(data.owner_ids.tolist())) for cid, data in clients.items()}
 people_per_client = len(client_people[0])
-heldout_people = len({r.owner_id for r in scenario.heldout_records})
+heldout_people = len({r.owner_id for r in scenario.unseen_records})
 print(config)
 for cid, data in clients.items():
     print(f"client {cid}: {len(client_people[cid])} people, {data.num_samples} records")
-print(f"held-out people: {heldout_people}, records: {len(scenario.heldout_records)}")
-example_record = scenario.heldout_records[0]
+print(f"held-out people: {heldout_people}, records: {len(scenario.unseen_records)}")
+example_record = scenario.unseen_records[0]
 print("example record:", repr(example_record.prompt + example_record.answer))
 results.add(
     "setup",
@@ -215,8 +215,9 @@ display(Markdown(results.add("knowledge_table", knowledge_table)))
 # ## Canaries: can the secret codes be extracted?
 #
 # A canary counts as *extracted* when greedy decoding of "What is the secret code of <name>?"
-# returns exactly the planted six digits (checked in one teacher-forced pass by
-# `greedy_extracted`). A model that never saw a person can only guess (chance $10^{-6}$). Short of
+# returns exactly the planted four digits and stops (checked in one teacher-forced pass by
+# `greedy_reproduces`, the same check the evaluation uses). A model that never saw a person can
+# only guess (chance $10^{-4}$ per canary). Short of
 # exact extraction, the canary's log-probability per token shows how much of it was memorised.
 
 # %%
@@ -225,7 +226,7 @@ canaries = [r for r in scenario.records.values() if r.kind == "canary" and r.own
 canary_sets = {
     "client 0's canaries": [r for r in canaries if owner_client[r.owner_id] == 0],
     "other clients' canaries": [r for r in canaries if owner_client[r.owner_id] != 0],
-    "held-out canaries": [r for r in scenario.heldout_records if r.kind == "canary"],
+    "held-out canaries": [r for r in scenario.unseen_records if r.kind == "canary"],
 }
 canary_tensors = {name: task.encode(records) for name, records in canary_sets.items()}
 rows = []
@@ -234,7 +235,7 @@ for name, state in states.items():
     task.set_state(model, state)
     cells = []
     for group, tensors in canary_tensors.items():
-        hits = int(greedy_extracted(model, tensors).sum())
+        hits = int(greedy_reproduces(model, tensors).sum())
         logprob = float(record_logprobs(model, tensors).mean())
         canary_scores[(name, group)] = (hits, logprob)
         cells.append(f"{hits}/{len(canary_sets[group])} ({logprob:.2f})")

@@ -69,7 +69,7 @@ display(Image(str(pareto_plot(backdoor, plot_path, metric="asr"))))
 # ## Federated LoRA language model (`profiles-client`)
 #
 # Four clients fine-tune LoRA adapters of a tiny causal LM on question–answer records about
-# fictitious people (each with a planted six-digit secret); the request forgets client 0 and its
+# fictitious people (each with a planted four-digit secret); the request forgets client 0 and its
 # people. Forgetting shows in `forget_logprob`, the membership AUCs and the canaries. At smoke size
 # the federation trains its first 6 rounds (`LM_SMOKE`, the cut the entries' notebooks share);
 # `FULL=1` runs the scenario's 15 rounds and every method.

@@ -2,7 +2,7 @@
 
 The LoRA task itself (only adapters travel, determinism, a checkpoint by path) lives in the
 substrate and is tested in ``tests/test_lora_task.py``. Here: ``record_logprobs``,
-``greedy_extracted`` and ``greedy_answer`` against values computed by hand on a toy language
+``greedy_reproduces`` (the shared exact-extraction check) and ``greedy_answer`` against values computed by hand on a toy language
 model, and the claims on the federation of the ``profiles-client`` scenario (trained once through
 the shared round loop and cached, the same run the notebook shows).
 """
@@ -26,9 +26,9 @@ from fedunlearn.foundations.fedit import (
     MEMBER_GAIN,
     MEMBER_MARGIN,
     greedy_answer,
-    greedy_extracted,
     record_logprobs,
 )
+from fedunlearn.models.decoding import greedy_reproduces as greedy_extracted
 
 # peft calls a transformers property that transformers 5 marks as deprecated; not ours to fix.
 
@@ -49,13 +49,13 @@ class SuccessorLM(nn.Module):
         self.vocab, self.stop_after, self.eos = vocab, stop_after, eos
         self.anchor = nn.Parameter(torch.zeros(()))  # gives the model a device
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> SimpleNamespace:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_) -> SimpleNamespace:
         following = (input_ids + 1) % self.vocab
         if self.stop_after is not None:
             following = torch.where(input_ids == self.stop_after, torch.full_like(input_ids, self.eos), following)
         logits = torch.zeros(*input_ids.shape, self.vocab) + self.anchor
         logits.scatter_(-1, following.unsqueeze(-1), math.log(3))
-        return SimpleNamespace(logits=logits)
+        return SimpleNamespace(logits=logits, cache=None)  # the next token depends on the last one only
 
 
 def toy_records() -> dict[str, torch.Tensor]:
@@ -188,7 +188,7 @@ def test_greedy_extracted_agrees_with_greedy_decoding(scenario, trained):
     adapter's member canaries (some extracted) and a few held-out ones (none)."""
     member_people = {int(p) for c in scenario.clients.values() for p in c.owner_ids}
     records = [r for r in scenario.records.values() if r.kind == "canary" and r.owner_id in member_people]
-    records += [r for r in scenario.heldout_records if r.kind == "canary"][:5]
+    records += [r for r in scenario.unseen_records if r.kind == "canary"][:5]
     model = trained.model
     scenario.task.set_state(model, trained.final_state)
     fast = greedy_extracted(model, scenario.task.encode(records)).tolist()

@@ -115,13 +115,13 @@ def test_the_cache_can_be_switched_off(scenario, trainings, monkeypatch):
 def test_an_evaluation_is_computed_once_per_state_and_code(scenario, monkeypatch):
     run = cache.trained_federation(scenario)
     calls = []
-    original = cache.evaluate
+    original = cache.assess
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(cache, "evaluate", counting)
+    monkeypatch.setattr(cache, "assess", counting)
     first = cache.evaluation(scenario, run.final_state, run.model)
     again = cache.evaluation(scenario, run.final_state, run.model)
     assert first == again and len(calls) == 1

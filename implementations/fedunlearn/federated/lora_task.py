@@ -28,7 +28,15 @@ import faker
 import torch
 from torch import nn
 
-from fedunlearn.data.profiles import QUESTIONS, QARecord, encode_records, make_profiles, qa_records
+from fedunlearn.data.profiles import (
+    PROFILE_FORMAT,
+    QUESTIONS,
+    Profile,
+    QARecord,
+    encode_records,
+    make_profiles,
+    qa_records,
+)
 from fedunlearn.federated.client import ClientData
 from fedunlearn.federated.task import State, clone_state
 from fedunlearn.models.tiny_lm import TinyLMConfig, answer_nll, build_tokenizer, load_base_model
@@ -60,17 +68,22 @@ class LoraSettings:
     dropout: float = 0.0
 
 
+def public_people(lm: TinyLMConfig, count: int | None = None) -> list[Profile]:
+    """The first ``count`` (default all ``lm.pretrain_people``) public fictitious people of the
+    pretraining corpus (ids from ``PRETRAIN_ID_OFFSET``, never federated)."""
+    return make_profiles(lm.pretrain_people if count is None else count, seed=lm.seed + 7919,
+                         first_id=PRETRAIN_ID_OFFSET)
+
+
 def pretraining_corpus(lm: TinyLMConfig, tokenizer) -> dict[str, torch.Tensor]:
-    """Encoded records of ``lm.pretrain_people`` public fictitious people (ids from
-    ``PRETRAIN_ID_OFFSET``, never federated)."""
-    people = make_profiles(lm.pretrain_people, seed=lm.seed + 7919, first_id=PRETRAIN_ID_OFFSET)
-    return encode_records([r for p in people for r in qa_records(p)], tokenizer, lm.max_length)
+    """Encoded records of the public people ([`public_people`][fedunlearn.federated.lora_task.public_people])."""
+    return encode_records([r for p in public_people(lm) for r in qa_records(p)], tokenizer, lm.max_length)
 
 
 def corpus_key(lm: TinyLMConfig) -> str:
     """What determines the pretraining corpus: templates, size, seed and the Faker version."""
     return json.dumps({"questions": QUESTIONS, "people": lm.pretrain_people, "seed": lm.seed,
-                       "faker": faker.VERSION}, sort_keys=True)
+                       "faker": faker.VERSION, "format": PROFILE_FORMAT}, sort_keys=True)
 
 
 class LoraCausalLMTask:

@@ -18,7 +18,8 @@ which spreads fictitious people over clients by owner; and
 [`PROFILES_FEDERATION`][fedunlearn.unlearning.scenarios.PROFILES_FEDERATION], the federated recipe
 of the profile scenarios. This module adds two read-outs of what an adapter memorised,
 [`record_logprobs`][fedunlearn.foundations.fedit.record_logprobs] and
-[`greedy_extracted`][fedunlearn.foundations.fedit.greedy_extracted]. Deviations: a tiny
+[`greedy_answer`][fedunlearn.foundations.fedit.greedy_answer] (exact extraction is
+[`greedy_reproduces`][fedunlearn.models.decoding.greedy_reproduces], shared with the evaluation). Deviations: a tiny
 Llama-style model and byte tokenizer instead of LLaMA-7B, synthetic question-answer records
 instead of Databricks-Dolly-15k, no GPT-4 judging.
 
@@ -38,7 +39,8 @@ from torch import nn
 from fedunlearn.catalog import Entry, ReportedClaim
 from fedunlearn.data.profiles import QARecord
 from fedunlearn.federated.lora_task import LoraCausalLMTask
-from fedunlearn.models.tiny_lm import answer_token_logprobs, model_device, trim_padding
+from fedunlearn.models.decoding import greedy_continuations
+from fedunlearn.models.tiny_lm import answer_token_logprobs
 
 #: Pass criteria of the claims, in nats per answer token (notebook and claim tests). Memorisation:
 #: members gain more than ``MEMBER_GAIN`` over the initial adapter and end more than
@@ -74,51 +76,21 @@ def record_logprobs(
     return torch.cat(values) if values else torch.zeros(0)
 
 
-@torch.no_grad()
 def greedy_answer(
     task: LoraCausalLMTask, model: nn.Module, record: QARecord, max_new_tokens: int = 24
 ) -> str:
-    """The model's greedy completion of the record's prompt, up to the end-of-sequence token.
+    """The model's greedy completion of the record's prompt, up to the end-of-sequence token (the
+    project's one decoder, [`greedy_continuations`][fedunlearn.models.decoding.greedy_continuations]).
 
-    A canary counts as *extracted* when ``greedy_answer(...) == record.answer``.
+    A record counts as *extracted* when this returns exactly its answer, which
+    [`greedy_reproduces`][fedunlearn.models.decoding.greedy_reproduces] checks in one pass.
     """
-    model.eval()
     tokenizer = task.tokenizer
-    ids = tokenizer(record.prompt, add_special_tokens=False)["input_ids"]
-    prompt_length = len(ids)
-    for _ in range(max_new_tokens):
-        logits = model(input_ids=torch.tensor([ids], device=model_device(model))).logits[0, -1]
-        token = int(logits.argmax())
-        if token == tokenizer.eos_token_id:
-            break
-        ids.append(token)
-    return tokenizer.decode(ids[prompt_length:], skip_special_tokens=True)
-
-
-@torch.no_grad()
-def greedy_extracted(
-    model: nn.Module, tensors: Mapping[str, torch.Tensor], batch_size: int = 64
-) -> torch.Tensor:
-    """Whether greedy decoding of each record's prompt returns exactly its answer.
-
-    Greedy decoding reproduces the answer if and only if, with the true answer as prefix, every
-    answer token (the end-of-sequence token included) is the arg-max of the next-token
-    distribution. That is checked for all records in one teacher-forced pass, the same result as
-    [`greedy_answer`][fedunlearn.foundations.fedit.greedy_answer] at a fraction of the cost.
-
-    Returns:
-        A boolean per record.
-    """
-    model.eval()
-    n = len(tensors["input_ids"])
-    hits = []
-    for start in range(0, n, batch_size):
-        chunk = trim_padding({k: v[start : start + batch_size].to(model_device(model)) for k, v in tensors.items()})
-        logits = model(input_ids=chunk["input_ids"], attention_mask=chunk["attention_mask"]).logits
-        targets = chunk["labels"][:, 1:]
-        correct = (logits[:, :-1].argmax(-1) == targets) | (targets == -100)
-        hits.append(correct.all(-1).cpu())
-    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+    prompt = tokenizer(record.prompt, add_special_tokens=False)["input_ids"]
+    tokens = greedy_continuations(model, [prompt], [max_new_tokens])[0]
+    if tokenizer.eos_token_id in tokens:
+        tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(tokens, skip_special_tokens=True)
 
 
 ENTRY = Entry(

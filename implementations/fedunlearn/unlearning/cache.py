@@ -54,7 +54,7 @@ from fedunlearn.unlearning.base import (
     train_federation,
 )
 from fedunlearn.unlearning.controls import Retrain
-from fedunlearn.unlearning.evaluate import evaluate
+from fedunlearn.unlearning.evaluate import Evaluation, assess
 from fedunlearn.unlearning.scenarios import Scenario
 
 log = logging.getLogger("fedunlearn.cache")
@@ -237,12 +237,12 @@ def retrained_oracle(scenario: Scenario, run: TrainedFederation, second_seed: bo
 EVALUATION_SOURCES = (*TRAINING_SOURCES, "unlearning/evaluate.py", "unlearning/metrics.py", "unlearning/scenarios.py")
 
 
-def evaluation(scenario: Scenario, state: State, model: nn.Module) -> dict[str, float]:
-    r"""[`evaluate`][fedunlearn.unlearning.evaluate.evaluate] of ``state``, from the cache when the same
+def evaluation(scenario: Scenario, state: State, model: nn.Module) -> Evaluation:
+    r"""[`assess`][fedunlearn.unlearning.evaluate.assess] of ``state``, from the cache when the same
     state was evaluated on the same scenario by the same code (the shared $\theta_o$, $\theta_r$
     and second oracle are evaluated once for every comparison that uses them)."""
     if not enabled():
-        return evaluate(scenario, state, model)
+        return assess(scenario, state, model)
     digest = hashlib.sha256()
     for key in sorted(state):
         digest.update(key.encode())
@@ -254,13 +254,14 @@ def evaluation(scenario: Scenario, state: State, model: nn.Module) -> dict[str, 
     try:
         cached = json.loads(file.read_text())
         if cached.get("material") == json.loads(json.dumps(material, default=str)):
-            return dict(cached["metrics"])
-    except (OSError, json.JSONDecodeError, AttributeError, KeyError):
+            return Evaluation(dict(cached["metrics"]), {k: list(v) for k, v in cached["items"].items()})
+    except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError):
         pass
-    metrics = evaluate(scenario, state, model)
+    result = assess(scenario, state, model)
     file.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(file, json.dumps({"material": material, "metrics": metrics}, default=str).encode())
-    return metrics
+    _write_atomic(file, json.dumps({"material": material, "metrics": result.metrics, "items": result.items},
+                                   default=str).encode())
+    return result
 
 
 def clear(predicate: Callable[[dict], bool] | None = None) -> int:

@@ -29,14 +29,17 @@ from fedunlearn.federated.costs import state_bytes
 from fedunlearn.unlearning import cache
 from fedunlearn.unlearning.base import UnlearningMethod, check_granularity, run_method
 from fedunlearn.unlearning.controls import Retrain
-from fedunlearn.unlearning.evaluate import evaluate, gaps_to_oracle
+from fedunlearn.unlearning.evaluate import assess, evaluate, gaps_to_oracle, relative_to_oracle
 from fedunlearn.unlearning.registry import MethodSettingError, get_method
 from fedunlearn.unlearning.scenarios import build_scenario
 
 #: Tolerance of retrain-equivalence per metric family (the Evaluating page; the log-prob and
 #: exposure tolerances are ours). A metric takes the first family its name contains.
 TOLERANCES: dict[str, float] = {"acc": 0.02, "asr": 0.02, "mia_auc": 0.02, "logprob": 0.05,
-                                "canary_exposure": 0.5, "canary_extraction": 0.0, "forget_loss": 0.0}
+                                "canary_exposure": 0.5, "canary_extraction": 0.0, "forget_loss": 0.05,
+                                "trigger_margin": 0.5, "forget_quality": 0.95, "privleak": 5.0, "_el": 0.02,
+                                "_ma": 0.02, "truth": 0.05, "answer_prob": 0.02, "rouge": 0.05,
+                                "model_utility": 0.02}
 
 #: A backdoor scenario tests ASR claims only when θ_o's attack success rate lies at least this far
 #: above θ_r's (the backdoor is there to remove).
@@ -49,8 +52,16 @@ METRIC_HELP = {
     "forget_acc / forget_logprob": "the same on the forgotten data: judged against retraining, not 0",
     "forget_loss": "mean loss on the forgotten data",
     "asr": "backdoor attack success rate on triggered test inputs of non-target classes",
-    "mia_auc*": "membership-inference AUC, forgotten data vs non-members (LOSS, zlib, Min-K%)",
-    "canary_exposure / canary_extraction": "rank-based exposure of planted secrets; exact greedy extraction",
+    "trigger_margin": "mean margin of the backdoor's target logit over the best other class, triggered inputs",
+    "forget_quality": "KS-test p-value, forget distribution of the model vs θ_r (truth ratios; digits: losses)",
+    "mia_auc*": "membership-inference AUC, forgotten data vs unseen people (LOSS, zlib, Min-40%)",
+    "privleak": "MUSE PrivLeak, 100·(AUC_u − AUC_r)/AUC_r with Min-40% prob; > 0: still looks like members",
+    "canary_exposure / canary_extraction": "exposure of forgotten secrets over all 10^4 codes; exact greedy extraction",
+    "unseen_canary_exposure": "the same for unseen people's canaries: the chance reference (about 1.4 bits)",
+    "forget_el / forget_ma": "Jang et al.'s extraction likelihood EL_4 and memorisation accuracy on forgotten records",
+    "unseen_el / unseen_ma": "the same on unseen people: the forgetting threshold",
+    "forget_truth_ratio": "TOFU truth ratio on paraphrased forget questions, mean min(R, 1/R)",
+    "model_utility": "TOFU-style harmonic mean of answer probability, ROUGE-L and truth score (retained, public people)",
     "rho_steps / rho_time / rho_comm": "client steps / wall time / bytes of the method over retraining's",
 }
 
@@ -274,19 +285,24 @@ def compare(scenario: str, methods: Sequence[MethodLike], seeds: Sequence[int] =
         bar.update()
         oracle_state, oracle_cost = cache.retrained_oracle(sc, base)
         oracle_time = run_method(Retrain(), base, sc.request).cost.wall_time_s if timing else float("nan")
-        oracle = cache.evaluation(sc, oracle_state, base.model)
+        oracle_evaluation = cache.evaluation(sc, oracle_state, base.model)
+
+        def judged(evaluation):  # metrics, with those relative to θ_r of this seed
+            return {**evaluation.metrics, **relative_to_oracle(evaluation, oracle_evaluation)}
+
+        oracle = judged(oracle_evaluation)
         bar.update()
-        second = cache.evaluation(sc, cache.retrained_oracle(sc, base, second_seed=True)[0], base.model)
+        second = judged(cache.evaluation(sc, cache.retrained_oracle(sc, base, second_seed=True)[0], base.model))
         bar.update()
         row = {"seed": seed, "oracle": oracle, "oracle_second_seed": second,
-               "original": cache.evaluation(sc, base.final_state, base.model),
+               "original": judged(cache.evaluation(sc, base.final_state, base.model)),
                "oracle_cost": oracle_cost.as_dict(), "methods": {}}
         model_bytes = state_bytes(base.final_state)
         for method in instances:
             run = (cache.trained_federation(sc, method=method) if method.owns_training
                    else runs[method.history_interval() or sc.config.record_every])
             result = run_method(method, run, sc.request)
-            values = evaluate(sc, result.state, run.model)
+            values = judged(assess(sc, result.state, run.model))
             cost = result.cost
             row["methods"][method.label] = {
                 "metrics": values, "gaps": gaps_to_oracle(values, oracle), "cost": cost.as_dict(),

@@ -28,9 +28,9 @@ from torch import nn
 from fedunlearn.data.digits import apply_trigger, load_split
 from fedunlearn.data.federated_digits import digits_clients
 from fedunlearn.data.federated_profiles import profile_clients
-from fedunlearn.data.profiles import QARecord, make_profiles, qa_records
+from fedunlearn.data.profiles import Profile, QARecord, make_profiles, qa_records
 from fedunlearn.federated.client import ClientData
-from fedunlearn.federated.lora_task import LoraCausalLMTask
+from fedunlearn.federated.lora_task import LoraCausalLMTask, public_people
 from fedunlearn.federated.pool import InProcessPool
 from fedunlearn.federated.requests import ForgetRequest, request_to_dict, validate
 from fedunlearn.federated.task import ClassificationTask, Task
@@ -53,7 +53,14 @@ class Scenario:
         test: Held-out evaluation tensors (never trained on).
         backdoor_target: Target class of the planted backdoor, if any.
         records: Language scenarios: record id -> record (texts, canaries).
-        heldout_records: Language scenarios: records of people nobody trained on.
+        unseen_records: Language scenarios: records of the unseen people (nobody trained on them;
+            the reference population of the evaluation).
+        validation_records: Language scenarios: records of further untrained people, for choosing
+            hyperparameters without touching the evaluation.
+        public_records: Language scenarios: records of public people the base model was
+            pretrained on (general knowledge that unlearning should not damage).
+        people: Language scenarios: person id -> profile (federated, unseen, validation, public).
+        distractors: Language scenarios: people whose values are the wrong answers of the truth ratio.
         server_inputs: Unlabeled inputs the server holds (no labels, disjoint from ``test``), for
             methods that repair a model on the server (e.g. knowledge distillation).
         full: Whether this is the larger configuration.
@@ -69,7 +76,11 @@ class Scenario:
     test: dict[str, torch.Tensor]
     backdoor_target: int | None = None
     records: dict[int, QARecord] = field(default_factory=dict)
-    heldout_records: list[QARecord] = field(default_factory=list)
+    unseen_records: list[QARecord] = field(default_factory=list)
+    validation_records: list[QARecord] = field(default_factory=list)
+    public_records: list[QARecord] = field(default_factory=list)
+    people: dict[int, Profile] = field(default_factory=dict)
+    distractors: list[Profile] = field(default_factory=list)
     server_inputs: dict[str, torch.Tensor] | None = None
     full: bool = False
 
@@ -154,6 +165,12 @@ def question_inputs(task: LoraCausalLMTask, people: int, seed: int, first_id: in
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
 
+#: Public (pretraining) people whose records measure general knowledge in the language scenarios.
+PUBLIC_PEOPLE = 10
+
+#: People whose values are the perturbed (wrong) answers of the truth ratio.
+DISTRACTOR_PEOPLE = 50
+
 #: Share of the digits test split handed to the server as unlabeled inputs (not evaluated on).
 SERVER_FRACTION = 0.5
 
@@ -230,10 +247,14 @@ def _profiles(name: str, seed: int, full: bool, person: bool, device: str) -> Sc
         request = ForgetRequest.forget_clients(0)
     config = replace(PROFILES_FEDERATION, seed=seed,
                      rounds=PROFILES_FEDERATION.rounds * (2 if full else 1))
+    public = public_people(task.lm, PUBLIC_PEOPLE)
     return Scenario(
         name=name, seed=seed, kind="language", task=task, clients=federation.clients, config=config,
-        request=request, test=task.encode(federation.heldout), records=federation.records,
-        heldout_records=federation.heldout,
+        request=request, test=task.encode(federation.unseen), records=federation.records,
+        unseen_records=federation.unseen, validation_records=federation.validation,
+        public_records=[r for p in public for r in qa_records(p)],
+        people={**federation.people, **{p.person_id: p for p in public}},
+        distractors=make_profiles(DISTRACTOR_PEOPLE, seed=seed + 4242, first_id=3_000_000),
         server_inputs=question_inputs(task, people=40, seed=seed + 1234), full=full,
     )
 
