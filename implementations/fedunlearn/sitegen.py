@@ -250,13 +250,14 @@ def tolerance_table() -> str:
 
 
 def methods_table(entries: list[Entry], page: str, existing: Collection[str]) -> str:
-    """Every registered method: entry, request kinds, history, settings with defaults."""
+    """Every registered method: entry, request kinds, history, start of a later request, settings with defaults."""
     from dataclasses import asdict
 
     from fedunlearn.unlearning.registry import available_methods
 
     owner = {name: e for e in entries for name in e.methods}
-    lines = ["| method | entry | requests | history needed | settings (defaults) |", "|---|---|---|---|---|"]
+    lines = ["| method | entry | requests | history needed | next request starts from | settings (defaults) |",
+             "|---|---|---|---|---|---|"]
     for name, cls in available_methods().items():
         method = cls()
         entry = owner.get(name)
@@ -264,7 +265,8 @@ def methods_table(entries: list[Entry], page: str, existing: Collection[str]) ->
         every = method.history_interval()
         history = "none" if every is None else f"every {every} round(s)"
         settings = ", ".join(f"`{k}={v}`" for k, v in asdict(method.config).items()) or "none"
-        lines.append(f"| `{name}` | {where} | {', '.join(sorted(cls.granularities))} | {history} | {settings} |")
+        start = "θ_o (cumulative request)" if cls.sequential_start == "original" else "its last model"
+        lines.append(f"| `{name}` | {where} | {', '.join(sorted(cls.granularities))} | {history} | {start} | {settings} |")
     return "\n".join(lines)
 
 

@@ -20,14 +20,18 @@
 # evidence is that the federated model answers better (judged by GPT-4) than a model tuned on one
 # client's instructions alone.
 #
-# This notebook repeats the *shape* of that experiment at laptop scale and measures two things the
-# rest of this knowledge base relies on: (1) the federated adapter absorbs every client's private
-# facts, which a one-client model cannot know; (2) the bytes that travel are the adapters only.
+# This notebook repeats the *shape* of that experiment at laptop scale. FedIT's claim is about
+# what a client gains from the others' instructions, so it is measured where a client alone could
+# gain something too: on **unseen people**, whom nobody trained on (answer log-probability, and
+# whether the greedy answer has a plausible form). Other clients' people are shown as well, but a
+# client alone can never know them, so they are no test of the claim; they show what the
+# federation memorises, which the unlearning entries rely on. Last, the bytes that travel are the
+# adapters only.
 #
 # Smoke size by default (about a minute on two CPU cores once the tiny base model is pretrained
 # and the federation is trained; both are cached and shared with the profile unlearning
 # scenarios); `FULL=1` in the environment runs four times as many people per client and twice the
-# rounds.
+# rounds, and adds the local-only baseline with the federation's total number of local steps.
 
 # %% [markdown]
 # ## The claim (reported)
@@ -35,6 +39,7 @@
 # The claims as the entry records them (`fedunlearn.catalog`), not retyped:
 
 # %%
+import math
 import os
 
 import matplotlib.pyplot as plt
@@ -43,14 +48,18 @@ from IPython.display import Markdown, display
 
 from fedunlearn import catalog
 from fedunlearn.catalog import ReportedClaim
-from fedunlearn.federated.costs import CostCounter, state_bytes
-from fedunlearn.federated.loop import run_rounds
-from fedunlearn.federated.pool import InProcessPool
+from fedunlearn.data.profiles import SECRET_DIGITS
+from fedunlearn.federated.costs import state_bytes
 from fedunlearn.foundations.fedit import (
     MEMBER_GAIN,
     MEMBER_MARGIN,
+    TRANSFER_MARGIN,
+    YEAR_RANGE,
+    client_alone,
     greedy_answer,
+    greedy_answers,
     record_logprobs,
+    well_formed,
 )
 from fedunlearn.models.decoding import greedy_reproduces
 from fedunlearn.results import Results
@@ -68,10 +77,15 @@ display(Markdown(entry.claims_markdown()))
 # |---|---|---|
 # | base model | LLaMA-7B (Shepherd's default adapters: $r = 8$ on the attention projections) | a tiny Llama-style model (3 layers, width 128, byte tokenizer, ~0.6 M parameters) pretrained for a few hundred steps on *other* fictitious people, so it knows the question format but none of the clients' facts; LoRA $r = 16$ on every linear layer |
 # | data | Databricks-Dolly-15k instructions spread over clients by category | **synthetic profiles stand in for Dolly**: fictitious people (Faker, seeded) rendered as question-answer records (birth city, birth year, job, and a planted four-digit secret code, the *canary*); each person lives on exactly one client |
-# | evaluation | GPT-4 scores of free-form answers | mean log-probability per answer token; greedy extraction of the canaries |
+# | evaluation | GPT-4 scores of free-form answers | on **unseen people** (nobody trained on them): mean log-probability per answer token, share of well-formed greedy answers; on members: the same, and greedy extraction of the canaries |
 #
-# With private facts as the "instructions", *what the federation adds* is measurable: a client
-# can only know its own people; the federated adapter can know everyone's.
+# With private facts as the "instructions", the federated adapter can know every client's people
+# and a client alone only its own; that difference is memorisation, not the claim. What a client
+# *could* gain from the others is what transfers to people nobody trained on: the form of the
+# answers (a year, a four-digit code, a city or job title) and how values are distributed. The
+# scenario keeps such people apart: 20 **unseen** people (the reference of every evaluation) and
+# 10 **validation** people (for choosing anything; nothing is chosen here, they give a second
+# measurement of the same gap).
 #
 # The federation is the one of the `profiles-client` scenario (its forget request plays no role
 # here): `LoraCausalLMTask` from the substrate (`fedunlearn.federated.lora_task`), people spread
@@ -88,21 +102,22 @@ SEED = 0
 
 scenario = build_scenario("profiles-client", SEED, full=FULL)
 task, clients, config = scenario.task, scenario.clients, scenario.config
-heldout = scenario.test
+unseen = scenario.test
 client_people = {cid: sorted(set(data.owner_ids.tolist())) for cid, data in clients.items()}
 people_per_client = len(client_people[0])
-heldout_people = len({r.owner_id for r in scenario.unseen_records})
+unseen_people = len({r.owner_id for r in scenario.unseen_records})
+validation_people = len({r.owner_id for r in scenario.validation_records})
 print(config)
 for cid, data in clients.items():
     print(f"client {cid}: {len(client_people[cid])} people, {data.num_samples} records")
-print(f"held-out people: {heldout_people}, records: {len(scenario.unseen_records)}")
+print(f"unseen people: {unseen_people}, validation people: {validation_people}")
 example_record = scenario.unseen_records[0]
 print("example record:", repr(example_record.prompt + example_record.answer))
 results.add(
     "setup",
     f"{len(clients)} clients of {people_per_client} people each "
-    f"({clients[0].num_samples // people_per_client} records per person), {heldout_people} held-out "
-    f"people, {config.rounds} rounds of {config.local_epochs:g} local {config.optimizer.capitalize()} "
+    f"({clients[0].num_samples // people_per_client} records per person), {unseen_people} unseen "
+    f"and {validation_people} validation people, {config.rounds} rounds of {config.local_epochs:g} local {config.optimizer.capitalize()} "
     f"epochs (batch {config.batch_size}, seed {SEED})",
 )
 
@@ -134,7 +149,7 @@ adapter_share = results.value("adapter_share", adapter_bytes / base_bytes, "{:.1
 # `trained_federation` (`fedunlearn.unlearning.cache`) trains it through the
 # shared round loop (`run_rounds` over an `InProcessPool`) with the history kept every round, or
 # takes it from the cache where the profile scenarios left it. We then score the global adapter
-# of every round, as the history recorded it, on the federated people and on held-out people.
+# of every round, as the history recorded it, on the federated people and on the unseen people.
 
 # %%
 run = trained_federation(scenario)
@@ -155,25 +170,25 @@ train_all = {k: torch.cat([c.tensors[k] for c in clients.values()]) for k in cli
 round_states = [r.global_state for r in run.history.rounds] + [run.final_state]  # w_0 ... w_T
 curve = {
     "train": [people_logprob(s, train_all) for s in round_states],
-    "heldout": [people_logprob(s, heldout) for s in round_states],
+    "unseen": [people_logprob(s, unseen) for s in round_states],
 }
 for name, key, index in (
     ("members_initial", "train", 0),
     ("members_final", "train", -1),
-    ("heldout_initial", "heldout", 0),
-    ("heldout_final", "heldout", -1),
+    ("unseen_initial", "unseen", 0),
+    ("unseen_final", "unseen", -1),
 ):
     results.value(f"logprob_{name}", curve[key][index])
 print(
     f"answer log-prob per token: federated people {curve['train'][-1]:.2f}, "
-    f"held-out people {curve['heldout'][-1]:.2f} (initial adapter: {curve['train'][0]:.2f} / "
-    f"{curve['heldout'][0]:.2f})"
+    f"unseen people {curve['unseen'][-1]:.2f} (initial adapter: {curve['train'][0]:.2f} / "
+    f"{curve['unseen'][0]:.2f})"
 )
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.plot(range(len(round_states)), curve["train"], marker="o", label="people of the federation (members)")
-ax.plot(range(len(round_states)), curve["heldout"], marker="s", label="held-out people (non-members)")
+ax.plot(range(len(round_states)), curve["unseen"], marker="s", label="unseen people (non-members)")
 ax.set_xlabel("round")
 ax.set_ylabel("answer log-prob per token")
 ax.set_title("Federated LoRA memorises the clients' facts")
@@ -185,24 +200,119 @@ plt.show()
 # ## Baseline: one client alone
 #
 # FedIT's comparison point is a model tuned only on one client's instructions. Client 0 trains
-# alone with the same local recipe and the same number of rounds: the same round loop over a pool
-# that holds client 0 only.
+# alone with the same local recipe and **the same number of rounds**, so it does exactly the
+# local work it did inside the federation (a quarter of the federation's client steps):
+# `client_alone` cuts the scenario to client 0, and `trained_federation` trains it through the
+# same round loop and caches it. With `FULL=1` a second baseline gets the federation's **total**
+# local steps (four times the rounds).
 
 # %%
-local_cost = CostCounter()
-local_state = run_rounds(
-    InProcessPool(task, {0: clients[0]}, model), run.init_state, config, range(config.rounds), counter=local_cost
+alone_runs = {"client 0 alone (same rounds)": trained_federation(client_alone(scenario))}
+if FULL:
+    alone_runs["client 0 alone (same total steps)"] = trained_federation(
+        client_alone(scenario, rounds=len(clients) * config.rounds)
+    )
+for name, alone_run in alone_runs.items():
+    print(f"{name}: {alone_run.cost.client_steps} client steps")
+LOCAL = "client 0 alone (same rounds)"
+states = {
+    "initial adapter": run.init_state,
+    **{name: alone_run.final_state for name, alone_run in alone_runs.items()},
+    "federated (FedIT)": federated_state,
+}
+local_steps = results.value("local_steps", alone_runs[LOCAL].cost.client_steps, "{:d}")
+results.value("federated_steps", federated_cost.client_steps, "{:d}")
+
+# %% [markdown]
+# ## What transfers: people nobody trained on
+#
+# For each of the 20 unseen people (and, as a second measurement, the 10 validation people) and
+# each kind of question, two read-outs:
+#
+# - **answer log-probability per token** of the true answer (end token included), a proper score:
+#   it rewards putting mass on the right *kind* of value in the right proportions, and nothing
+#   else can help for a person nobody saw. References: a model that knows only the form and the
+#   generator's distribution scores $\ln 10^{-4}/5$ per token on a code (uniform over $10^4$
+#   codes, 4 digits + end token) and $\ln(1/66)/5$ on a year (uniform on the 66 years of
+#   `YEAR_RANGE`);
+# - **well-formed greedy answers** (`well_formed`): the greedy answer (the project's one decoder,
+#   `greedy_answers`) is a value the data generator could have produced for *some* person: exactly
+#   four digits for a code, four digits within `YEAR_RANGE` for a year, a name of one of Faker's
+#   city formats (prefix, first or last name, suffix) for a city, one of Faker's job titles for a
+#   job.
+
+# %%
+kinds = ("city", "year", "job", "canary")
+populations = {"unseen": scenario.unseen_records, "validation": scenario.validation_records}
+encoded = {name: task.encode(records) for name, records in populations.items()}
+transfer = {}  # (model, population) -> {"logprob", "form", "kinds": {kind: (logprob, form)}, "answers"}
+for name, state in states.items():
+    task.set_state(model, state)
+    for population, records in populations.items():
+        logprobs = record_logprobs(model, encoded[population])
+        answers = greedy_answers(task, model, records)
+        formed = torch.tensor([well_formed(r.kind, a) for r, a in zip(records, answers)], dtype=torch.float)
+        by_kind = {}
+        for kind in kinds:
+            rows = torch.tensor([r.kind == kind for r in records])
+            by_kind[kind] = (float(logprobs[rows].mean()), float(formed[rows].mean()))
+        transfer[(name, population)] = {
+            "logprob": float(logprobs.mean()),
+            "form": float(formed.mean()),
+            "kinds": by_kind,
+            "answers": answers,
+        }
+
+uniform_code = math.log(10.0**-SECRET_DIGITS) / (SECRET_DIGITS + 1)
+uniform_year = math.log(1 / (YEAR_RANGE[1] - YEAR_RANGE[0] + 1)) / 5
+header = (
+    "| model (unseen people) | all: log-prob/token | all: well-formed | "
+    + " | ".join(f"{k}: log-prob / well-formed" for k in kinds)
+    + " |"
 )
+rows = [header, "|---" * (3 + len(kinds)) + "|"]
+for name in states:
+    t = transfer[(name, "unseen")]
+    cells = [f"{lp:.2f} / {form:.0%}" for lp, form in t["kinds"].values()]
+    rows.append(f"| {name} | {t['logprob']:.2f} | {t['form']:.0%} | " + " | ".join(cells) + " |")
+rows.append(
+    "| *reference: form and distribution only* | | | | "
+    f"{uniform_year:.2f} / 100% | | {uniform_code:.2f} / 100% |"
+)
+display(Markdown(results.add("transfer_table", "\n".join(rows))))
+
+# %% [markdown]
+# What the greedy answers look like: the distinct values each model gives for the unseen
+# people's birth years and codes (20 people each), and one person's four answers.
+
+# %%
+unseen_records = scenario.unseen_records
+distinct_rows = ["| model | distinct years | distinct codes | example person: city, year, job, code |", "|---|---|---|---|"]
+person = unseen_records[0].owner_id
+for name in states:
+    answers = transfer[(name, "unseen")]["answers"]
+    distinct = {
+        kind: len({a for r, a in zip(unseen_records, answers) if r.kind == kind}) for kind in ("year", "canary")
+    }
+    example_answers = ", ".join(f"`{a}`" for r, a in zip(unseen_records, answers) if r.owner_id == person)
+    distinct_rows.append(f"| {name} | {distinct['year']} | {distinct['canary']} | {example_answers} |")
+truth = ", ".join(f"`{r.answer}`" for r in unseen_records if r.owner_id == person)
+distinct_rows.append(f"| *true values* | | | {truth} |")
+display(Markdown(results.add("answers_table", "\n".join(distinct_rows))))
+
+# %% [markdown]
+# ### What each group of people tells
+#
+# Answer log-probability per token on client 0's own people, the other clients' people (whom
+# client 0 alone can never know: a comparison it cannot win, so no test of the claim) and the
+# unseen people.
+
+# %%
 others = {k: torch.cat([clients[c].tensors[k] for c in clients if c != 0]) for k in clients[0].tensors}
 groups = {
     "client 0's people": clients[0].tensors,
     "other clients' people": others,
-    "held-out people": heldout,
-}
-states = {
-    "initial adapter": run.init_state,
-    "client 0 alone": local_state,
-    "federated (FedIT)": federated_state,
+    "unseen people": unseen,
 }
 scores = {name: {g: people_logprob(s, t) for g, t in groups.items()} for name, s in states.items()}
 knowledge_table = "\n".join(
@@ -226,7 +336,7 @@ canaries = [r for r in scenario.records.values() if r.kind == "canary" and r.own
 canary_sets = {
     "client 0's canaries": [r for r in canaries if owner_client[r.owner_id] == 0],
     "other clients' canaries": [r for r in canaries if owner_client[r.owner_id] != 0],
-    "held-out canaries": [r for r in scenario.unseen_records if r.kind == "canary"],
+    "unseen canaries": [r for r in scenario.unseen_records if r.kind == "canary"],
 }
 canary_tensors = {name: task.encode(records) for name, records in canary_sets.items()}
 rows = []
@@ -282,29 +392,74 @@ results.add("traffic", "only adapters" if adapters_only else "more than the adap
 # %% [markdown]
 # ## Reported vs reproduced
 #
-# Verdicts follow the criteria named in the setup (`MEMBER_GAIN`, `MEMBER_MARGIN`), the same
-# ones `tests/foundations/test_fedit.py` asserts.
+# Verdicts follow the criteria named in the entry module (`TRANSFER_MARGIN`, `MEMBER_GAIN`,
+# `MEMBER_MARGIN`), the same ones `tests/foundations/test_fedit.py` asserts. FedIT's claim holds
+# here when, on the unseen people, the federated adapter's answer log-probability per token is
+# more than `TRANSFER_MARGIN` above client 0 alone's (same rounds) and the federated adapter did
+# tune (its members gain more than `MEMBER_GAIN`). The controls below substitute another adapter
+# for the federated one; each must fail the criterion.
 
 # %%
-others_federated = scores["federated (FedIT)"]["other clients' people"]
-federated_gain = others_federated - scores["client 0 alone"]["other clients' people"]
-others_learned = others_federated - scores["initial adapter"]["other clients' people"]
-own_local = scores["client 0 alone"]["client 0's people"]
-own_federated = scores["federated (FedIT)"]["client 0's people"]
-own_text = (
-    f"on client 0's own people client 0 alone is ahead ({own_local:.2f} vs {own_federated:.2f}): "
-    "its adapter is not averaged with others"
-    if own_local > own_federated
-    else f"on client 0's own people the federated adapter is ahead too ({own_federated:.2f} vs {own_local:.2f})"
-)
-member_gain = curve["train"][-1] - curve["train"][0]
-member_gap = curve["train"][-1] - curve["heldout"][-1]
-member_groups = ("client 0's canaries", "other clients' canaries")
-member_canaries_hit = sum(canary_scores[("federated (FedIT)", g)][0] for g in member_groups)
-member_canaries = sum(len(canary_sets[g]) for g in member_groups)
-heldout_canaries_hit = canary_scores[("federated (FedIT)", "held-out canaries")][0]
+member_tensors = {k: torch.cat([c.tensors[k] for c in clients.values()]) for k in clients[0].tensors}
 
-beats_local = others_learned > MEMBER_GAIN and federated_gain > MEMBER_MARGIN
+
+def transfer_criterion(candidate: str) -> tuple[float, float, bool]:
+    """(gap to client 0 alone on unseen people, members' gain over the initial adapter, passes)
+    with ``candidate``'s adapter in the place of the federated one."""
+    gap = transfer[(candidate, "unseen")]["logprob"] - transfer[(LOCAL, "unseen")]["logprob"]
+    gain = people_logprob(states[candidate], member_tensors) - people_logprob(run.init_state, member_tensors)
+    return gap, gain, gap > TRANSFER_MARGIN and gain > MEMBER_GAIN
+
+
+FEDERATED = "federated (FedIT)"
+criterion = {
+    name: transfer_criterion(name) for name in (FEDERATED, LOCAL, "initial adapter")
+}
+control_rows = [
+    "| in the place of the federated adapter | unseen people: gap to client 0 alone | members: gain over the initial adapter | criterion |",
+    "|---|---|---|---|",
+]
+for name, label in (
+    (FEDERATED, "the federated adapter (as run)"),
+    (LOCAL, "control: client 0 alone (no federation)"),
+    ("initial adapter", "control: the initial adapter (no tuning)"),
+):
+    gap, gain, passes = criterion[name]
+    control_rows.append(f"| {label} | {gap:+.2f} | {gain:+.2f} | {'passes' if passes else 'fails'} |")
+display(Markdown(results.add("controls_table", "\n".join(control_rows))))
+
+transfer_gap, _, beats_local = criterion[FEDERATED]
+validation_gap = transfer[(FEDERATED, "validation")]["logprob"] - transfer[(LOCAL, "validation")]["logprob"]
+below_initial = transfer[(FEDERATED, "unseen")]["logprob"] - transfer[("initial adapter", "unseen")]["logprob"]
+form_federated = transfer[(FEDERATED, "unseen")]["form"]
+form_local = transfer[(LOCAL, "unseen")]["form"]
+form_initial = transfer[("initial adapter", "unseen")]["form"]
+results.value("transfer_gap", transfer_gap, "{:+.2f}")
+results.value("validation_gap", validation_gap, "{:+.2f}")
+results.value("below_initial", below_initial, "{:+.2f}")
+results.add("form_federated", f"{form_federated:.0%}")
+results.add("form_local", f"{form_local:.0%}")
+results.add("form_initial", f"{form_initial:.0%}")
+if beats_local and below_initial < 0:
+    transfer_verdict = (
+        "holds in direction, as less damage: federated tuning beats local-only tuning on unseen people "
+        "but neither beats the untuned adapter (answer likelihood, not GPT-4-judged quality)"
+    )
+elif beats_local:
+    transfer_verdict = "holds in direction (answer likelihood on unseen people, not GPT-4-judged quality)"
+else:
+    transfer_verdict = "does not reproduce at this scale"
+form_text = (
+    f"well-formed greedy answers {form_federated:.0%} federated vs {form_local:.0%} alone "
+    f"({form_initial:.0%} initial)"
+)
+results.add("transfer_verdict", transfer_verdict)
+member_gain = curve["train"][-1] - curve["train"][0]
+member_gap = curve["train"][-1] - curve["unseen"][-1]
+member_groups = ("client 0's canaries", "other clients' canaries")
+member_canaries_hit = sum(canary_scores[(FEDERATED, g)][0] for g in member_groups)
+member_canaries = sum(len(canary_sets[g]) for g in member_groups)
+unseen_canaries_hit = canary_scores[(FEDERATED, "unseen canaries")][0]
 memorises = member_gain > MEMBER_GAIN and member_gap > MEMBER_MARGIN
 memorisation_claim = ReportedClaim(
     claim="(this knowledge base) the federated adapter memorises its members",
@@ -316,11 +471,10 @@ table = results.claims(
     [
         (
             entry.claims[0],
-            f"on the other clients' people the federated adapter scores {federated_gain:+.2f} nats per "
-            f"answer token above client 0 alone ({others_learned:+.2f} above the initial adapter); {own_text}",
-            "holds in direction (likelihood of memorised facts, not GPT-4-judged quality)"
-            if beats_local
-            else "does not hold",
+            f"on unseen people (nobody trained on them) the federated adapter's answer log-probability "
+            f"per token is {transfer_gap:+.2f} nats above client 0 alone's ({validation_gap:+.2f} on the "
+            f"validation people) and {below_initial:+.2f} against the initial adapter; {form_text}",
+            transfer_verdict,
         ),
         (
             entry.claims[1],
@@ -334,33 +488,45 @@ table = results.claims(
         (
             memorisation_claim,
             f"members {member_gain:+.2f} nats per answer token above the initial adapter and "
-            f"{member_gap:+.2f} above held-out people; {member_canaries_hit}/{member_canaries} member "
-            f"canaries extracted exactly, {heldout_canaries_hit} held-out",
+            f"{member_gap:+.2f} above unseen people; {member_canaries_hit}/{member_canaries} member "
+            f"canaries extracted exactly, {unseen_canaries_hit} unseen",
             "holds" if memorises else "does not hold",
         ),
     ],
 )
-results.value("federated_gain", federated_gain, "{:+.2f}")
 results.value("member_gap", member_gap, "{:+.2f}")
 results.add("member_canaries", f"{member_canaries_hit}/{member_canaries}")
-results.add("heldout_canaries", f"{heldout_canaries_hit}/{len(canary_sets['held-out canaries'])}")
+results.add("unseen_canaries", f"{unseen_canaries_hit}/{len(canary_sets['unseen canaries'])}")
 display(Markdown(table))
 
 # %% [markdown]
 # ## What not to conclude
 #
+# - **Not FedIT's mechanism.** In the paper the base model (LLaMA-7B) is not instruction-tuned,
+#   so the form of a good response is what tuning teaches, and Dolly-15k's categories share
+#   skills a client can borrow from the others. Here the base model was pretrained on the very
+#   question templates (200 public people), so it already answers in the right form and with
+#   roughly the generator's distribution of years and codes, and the "instructions" are facts
+#   about single people, which share nothing but that form. What federation buys in this regime
+#   is averaging over four clients' people, which over-fits less to any handful of them than one
+#   client alone; a result in which the federated adapter also beat the initial one would need
+#   shared skills to learn.
 # - **Not a quality result.** FedIT's evidence is GPT-4-judged helpfulness of free-form answers
-#   by a 7B model; ours is the likelihood of memorised facts under a 0.6 M-parameter model. The
-#   direction (federation beats one client) matches; no number is comparable.
-# - **Memorisation is the point here, not a flaw of FedIT.** The regime (many local epochs on
-#   few records) is chosen so that the adapter *remembers* its clients' people, because the
-#   unlearning entries need something to remove. A realistic instruction-tuning run memorises
-#   far less, but canary extraction from fine-tuned LLMs is a documented risk.
+#   by a 7B model; ours is answer likelihood and answer form under a 0.6 M-parameter model. The
+#   direction of the comparison is what carries over; no number is comparable.
+# - **The well-formed share is coarse.** With 20 people per kind it moves in steps of 5 %, years
+#   and codes are well formed for nearly every model, and the byte-level model garbles many city
+#   and job names; the share is reported, the criterion is the log-probability.
+# - **Memorisation is the point of the regime, not a flaw of FedIT.** Many local epochs on few
+#   records make the adapter *remember* its clients' people, because the unlearning entries need
+#   something to remove; it is also what pushes every tuned adapter below the initial one on
+#   unseen people. A realistic instruction-tuning run memorises far less.
 # - **The adapter ratio is not LoRA's 10,000x.** That figure is for GPT-3 175B with
 #   $r$ small against width 12,288; in a width-128 model, rank 16 on every linear layer is a
 #   sizeable fraction.
-# - **One seed, a handful of people.** At smoke size the log-probabilities move by a few tenths
-#   between seeds; the gaps shown are much larger than that, the exact values are not.
+# - **One seed, a handful of people.** The notebook and the tests run seed 0; the same verdict
+#   was checked by hand on seeds they never use. Each model's log-probability on unseen people
+#   moves by about a tenth between seeds; the gap to client 0 alone is several times that.
 
 # %%
 saved = results.save()

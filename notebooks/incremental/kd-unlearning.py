@@ -44,7 +44,7 @@ from fedunlearn.incremental.kd_unlearning import (
     KnowledgeDistillationUnlearning,
 )
 from fedunlearn.results import Results
-from fedunlearn.unlearning.compare import BACKDOOR_MARGIN, compare
+from fedunlearn.unlearning.compare import BACKDOOR_MARGIN, LM_HEADLINE_METRICS, compare
 from fedunlearn.unlearning.scenarios import LM_SMOKE, build_scenario
 
 entry = catalog.get("kd-unlearning")
@@ -267,7 +267,7 @@ display(Markdown(results.add("controls", (
 # %%
 LM_KD = {"optimizer": "adam", "lr": 1e-3, "epochs": 5, "batch_size": 16}
 LM_SIZE = {} if FULL else LM_SMOKE
-LM_METRICS = ["test_logprob", "retain_logprob", "forget_logprob", "mia_auc_loss", "canary_exposure"]
+LM_METRICS = [*LM_HEADLINE_METRICS, "retain_logprob", "forget_logprob"]
 lm = compare("profiles-client", ["kd-subtract-only", ("kd", LM_KD)], seeds=(0,), progress=False, **LM_SIZE)
 lm_kd = lm.methods[1]
 display(Markdown(results.add("lm_table", lm.table(LM_METRICS))))
@@ -288,9 +288,12 @@ results.add("lm_server", (
 print(results.items["lm_server"])
 
 # %% [markdown]
-# Read the table against $\theta_r$, not against 0: `forget_logprob` and `canary_exposure` of a
-# model that never saw client 0 are what forgetting should reach; `retain_logprob` and
-# `test_logprob` are utility. The same reading, computed from this run:
+# Read the table against $\theta_r$, not against 0: `forget_logprob`, `canary_exposure` and
+# `forget_el` of a model that never saw client 0 are what forgetting should reach (beside them, the
+# same measures on unseen people: the reference); forget quality is TOFU's KS p-value against
+# $\theta_r$ (≥ 0.05 reads as forgotten) and PrivLeak is MUSE's relative membership gap (0 =
+# retraining's); `model_utility`, `retain_logprob` and `test_logprob` are utility (see
+# [Evaluating unlearning](../../evaluating.md)). The same reading, computed from this run:
 
 
 # %%
@@ -300,8 +303,9 @@ def side(label: str, metric: str) -> str:
 
 
 reading = [f"- `{name}`: forget_logprob {side(label, 'forget_logprob')}; canary_exposure "
-           f"{side(label, 'canary_exposure')}; mia_auc_loss {side(label, 'mia_auc_loss')}; retain_logprob "
-           f"{side(label, 'retain_logprob')}; test_logprob {side(label, 'test_logprob')}."
+           f"{side(label, 'canary_exposure')}; forget_el {side(label, 'forget_el')}; forget quality "
+           f"{lm.value(label, 'forget_quality'):.3f}; PrivLeak {lm.value(label, 'privleak'):+.1f}; model_utility "
+           f"{side(label, 'model_utility')}; test_logprob {side(label, 'test_logprob')}."
            for name, label in (("kd-subtract-only", "kd-subtract-only"), ("kd", lm_kd))]
 display(Markdown(results.add("lm_reading", "\n".join(reading))))
 display(Markdown("Regime of every number above: " + results.add("regime", f"{SIZE} ({regime}; the language "

@@ -144,8 +144,10 @@ def test_fedavg_needs_fewer_rounds_than_fedsgd(rounds_needed, partition) -> None
     fedavg = rounds_needed["fedavg", partition]
     fedsgd = rounds_needed["fedsgd", partition]
     assert fedavg is not None, f"FedAvg did not reach {TARGET} in {FEDAVG.rounds} rounds ({partition})"
-    # FedSGD not reaching the target within its budget also means FedAvg was faster.
-    assert fedsgd is None or fedsgd > MIN_ROUNDS_RATIO * fedavg
+    # Both must reach the target: a FedSGD that never gets there (a broken baseline) is no evidence
+    # (measured at seed 0: FedSGD 54 rounds on both splits, FedAvg 4 IID and 8 Dirichlet).
+    assert fedsgd is not None, f"FedSGD did not reach {TARGET} in {FEDSGD_BASE.rounds} rounds ({partition})"
+    assert fedsgd > MIN_ROUNDS_RATIO * fedavg
 
 
 @pytest.mark.slow

@@ -1,9 +1,10 @@
-"""FedIT: the read-outs of what an adapter memorised, and the entry's claims at smoke size.
+"""FedIT: the read-outs of what an adapter knows, and the entry's claims at smoke size.
 
 The LoRA task itself (only adapters travel, determinism, a checkpoint by path) lives in the
 substrate and is tested in ``tests/test_lora_task.py``. Here: ``record_logprobs``,
-``greedy_reproduces`` (the shared exact-extraction check) and ``greedy_answer`` against values computed by hand on a toy language
-model, and the claims on the federation of the ``profiles-client`` scenario (trained once through
+``greedy_reproduces`` (the shared exact-extraction check), ``greedy_answer(s)`` and
+``well_formed`` against values computed by hand (a toy language model, hand-picked answers), and
+the claims on the federation of the ``profiles-client`` scenario (trained once through
 the shared round loop and cached, the same run the notebook shows).
 """
 
@@ -17,16 +18,18 @@ import torch
 from torch import nn
 
 from fedunlearn import catalog
-from fedunlearn.data.profiles import QARecord
-from fedunlearn.federated.costs import CostCounter
-from fedunlearn.federated.loop import run_rounds
-from fedunlearn.federated.pool import InProcessPool
+from fedunlearn.data.profiles import QARecord, make_profiles, qa_records
 from fedunlearn.foundations.fedit import (
     ENTRY,
     MEMBER_GAIN,
     MEMBER_MARGIN,
+    TRANSFER_MARGIN,
+    YEAR_RANGE,
+    client_alone,
     greedy_answer,
+    greedy_answers,
     record_logprobs,
+    well_formed,
 )
 from fedunlearn.models.decoding import greedy_reproduces as greedy_extracted
 
@@ -107,6 +110,47 @@ def test_greedy_answer_decodes_until_the_end_token_or_the_limit() -> None:
     assert greedy_answer(task, SuccessorLM(vocab, stop_after=ord("d") + 3), record) == "cd"
 
 
+def test_greedy_answers_batch_equals_one_by_one() -> None:
+    from transformers import ByT5Tokenizer
+
+    task = SimpleNamespace(tokenizer=ByT5Tokenizer())
+    model = SuccessorLM(len(task.tokenizer), stop_after=ord("f") + 3)
+    records = [QARecord(0, 0, "canary", "ab", ""), QARecord(1, 0, "canary", "abcd", ""), QARecord(2, 0, "job", "x", "")]
+    # counting up until "f", then the end token: "cdef", "ef", and from "x" the limit of 24 tokens
+    assert greedy_answers(task, model, records) == [greedy_answer(task, model, r) for r in records]
+    assert greedy_answers(task, model, records)[:2] == ["cdef", "ef"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "answer", "expected"),
+    [
+        ("canary", "0042", True), ("canary", "042", False), ("canary", "00042", False), ("canary", "12a4", False),
+        ("canary", "\u0661\u0662\u0663\u0664", False),  # Arabic-Indic digits are not ASCII digits
+        ("year", str(YEAR_RANGE[0]), True), ("year", str(YEAR_RANGE[1]), True),
+        ("year", str(YEAR_RANGE[0] - 1), False), ("year", str(YEAR_RANGE[1] + 1), False), ("year", "19x7", False),
+        ("city", "New Tinaville", True),    # prefix + first name + suffix
+        ("city", "Lake Michael", True),     # prefix + first name
+        ("city", "Seanfurt", True),         # first name + suffix
+        ("city", "Smithmouth", True),       # last name + suffix
+        ("city", "Smith", False),           # a name without prefix or suffix
+        ("city", "North Sannnfurt", False), # not a name
+        ("city", "Nouth Seanfurt", False),  # not a prefix
+        ("job", "Surveyor", True), ("job", "Surveyer", False),
+        ("job", "Engineer", True), ("job", "Nurse, adult", False), ("job", "Chiefisual e", False),
+    ],
+)
+def test_well_formed_by_hand(kind, answer, expected) -> None:
+    assert well_formed(kind, answer) is expected
+
+
+def test_every_generated_value_is_well_formed() -> None:
+    """The definition covers the generator: every true answer of 300 people is well formed."""
+    records = [r for p in make_profiles(300, seed=11) for r in qa_records(p)]
+    assert all(well_formed(r.kind, r.answer) for r in records)
+    with pytest.raises(ValueError):
+        well_formed("email", "a@b.c")
+
+
 def test_entry_claims_are_in_the_catalog() -> None:
     assert catalog.get("fedit").claims == ENTRY.claims
     assert "10,000x" in ENTRY.claims[1].reported
@@ -132,10 +176,11 @@ def trained(scenario):
 
 
 @pytest.fixture(scope="module")
-def alone(scenario, trained):
-    """Client 0 alone, with the same recipe and rounds, through the same loop."""
-    pool = InProcessPool(scenario.task, {0: scenario.clients[0]}, trained.model)
-    return run_rounds(pool, trained.init_state, scenario.config, range(scenario.config.rounds), counter=CostCounter())
+def alone(scenario):
+    """Client 0 alone, with the same recipe and rounds, through the same loop (cached)."""
+    from fedunlearn.unlearning.cache import trained_federation
+
+    return trained_federation(client_alone(scenario)).final_state
 
 
 def mean_logprob(scenario, model, state, tensors) -> float:
@@ -148,10 +193,18 @@ def stacked(clients) -> dict[str, torch.Tensor]:
     return {k: torch.cat([c.tensors[k] for c in clients]) for k in clients[0].tensors}
 
 
+def test_client_alone_keeps_one_client_and_the_recipe(scenario) -> None:
+    cut = client_alone(scenario)
+    assert list(cut.clients) == [0] and cut.clients[0] is scenario.clients[0]
+    assert cut.config == scenario.config
+    assert client_alone(scenario, rounds=60).config.rounds == 60
+    assert set(cut.request.record_ids) <= set(scenario.clients[0].record_ids.tolist())  # a valid request
+
+
 @pytest.mark.slow
 def test_federation_memorises_members(scenario, trained):
     """Members' answers gain more than MEMBER_GAIN nats per token over the initial adapter and
-    end more than MEMBER_MARGIN above held-out people.
+    end more than MEMBER_MARGIN above the unseen people.
 
     Control: fails under do-nothing (the initial adapter $\\theta_0$ as the result: no gain).
     """
@@ -164,22 +217,34 @@ def test_federation_memorises_members(scenario, trained):
     assert member > nonmember + MEMBER_MARGIN
 
 
-@pytest.mark.slow
-def test_federation_beats_one_client_alone_on_the_other_clients_people(scenario, trained, alone):
-    """FedIT's claim in the shape of this knowledge base: on the people of clients 1-3 the
-    federated adapter gains more than MEMBER_GAIN over the initial adapter and ends more than
-    MEMBER_MARGIN above client 0 alone.
-
-    Controls: fails under do-nothing (federated = initial adapter: no gain) and under the
-    ablation that federates client 0 alone (federated = client 0 alone: no margin).
-    """
+def transfer_criterion(scenario, trained, candidate, alone) -> tuple[float, float]:
+    """(gap of ``candidate`` to client 0 alone on the unseen people, members' gain of
+    ``candidate`` over the initial adapter), in nats per answer token."""
     model = trained.model
-    others = stacked(c for cid, c in scenario.clients.items() if cid != 0)
-    initial = mean_logprob(scenario, model, trained.init_state, others)
-    federated = mean_logprob(scenario, model, trained.final_state, others)
-    local = mean_logprob(scenario, model, alone, others)
-    assert federated > initial + MEMBER_GAIN
-    assert federated > local + MEMBER_MARGIN
+    members = stacked(scenario.clients.values())
+    gap = mean_logprob(scenario, model, candidate, scenario.test) - mean_logprob(scenario, model, alone, scenario.test)
+    gain = mean_logprob(scenario, model, candidate, members) - mean_logprob(scenario, model, trained.init_state, members)
+    return gap, gain
+
+
+@pytest.mark.slow
+def test_federated_tuning_beats_local_only_tuning_on_unseen_people(scenario, trained, alone):
+    """FedIT's claim where a client alone could gain too: on the unseen people (nobody trained on
+    them) the federated adapter's answer log-probability per token exceeds client 0 alone's (same
+    rounds) by more than TRANSFER_MARGIN, and the federated adapter did tune (members gain more
+    than MEMBER_GAIN).
+
+    Controls (each fails): client 0 alone in the place of the federated adapter (gap 0), and the
+    initial adapter in its place (no member gain: the untuned adapter is *better* than both on
+    unseen people, so the gap alone would not catch it).
+    """
+    gap, gain = transfer_criterion(scenario, trained, trained.final_state, alone)
+    assert gap > TRANSFER_MARGIN
+    assert gain > MEMBER_GAIN
+    local_gap, _ = transfer_criterion(scenario, trained, alone, alone)
+    assert not local_gap > TRANSFER_MARGIN
+    _, initial_gain = transfer_criterion(scenario, trained, trained.init_state, alone)
+    assert not initial_gain > MEMBER_GAIN
 
 
 @pytest.mark.slow
@@ -192,6 +257,6 @@ def test_greedy_extracted_agrees_with_greedy_decoding(scenario, trained):
     model = trained.model
     scenario.task.set_state(model, trained.final_state)
     fast = greedy_extracted(model, scenario.task.encode(records)).tolist()
-    slow = [greedy_answer(scenario.task, model, r) == r.answer for r in records]
+    slow = [answer == r.answer for r, answer in zip(records, greedy_answers(scenario.task, model, records))]
     assert fast == slow
     assert any(slow), "the trained adapter should reproduce some member canary exactly"

@@ -1,9 +1,11 @@
 """FedEraser: calibration by hand, bad histories and requests, and the reproduced claims.
 
-The fast tests use a 4-round cut of ``digits-backdoor``. The claim tests (``slow``) compare
-FedEraser at the paper's defaults with the retrain oracle of seed 0 through ``compare`` on the
-cached federation the notebook uses (history every $\\Delta t = 2$ rounds); each names the
-control under which it fails, and most assert that failure too.
+The fast tests use a 4-round cut of ``digits-backdoor`` and check what holds by construction
+(calibration steps, rounded up; the cost ratio). The claim tests (``slow``) compare FedEraser at
+the paper's defaults with the retrain oracle of seed 0 through ``compare`` on the cached
+federations the notebook uses, in two regimes: ``digits-backdoor`` (smoke: 10 clients, one local
+epoch) and ``digits-backdoor-paper`` (FedEraser's: 20 clients, 10 local epochs, momentum 0.9).
+Each names the control under which it fails and asserts that failure.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 import torch
 
 from fedunlearn import catalog
+from fedunlearn.federated.aggregation import weighted_average
 from fedunlearn.federated.history import HistoryError
 from fedunlearn.federated.loop import run_rounds
 from fedunlearn.federated.pool import InProcessPool
@@ -21,16 +24,22 @@ from fedunlearn.federated.requests import ForgetRequest, ForgetRequestError
 from fedunlearn.federated.training import FederationConfig, LocalPlan, local_step_count
 from fedunlearn.incremental.federaser import (
     CALIBRATION_MARGIN,
+    TRIGGER_CLOSURE,
     FedEraser,
     FedEraserConfig,
     FedEraserNoCalibration,
     calibrate_update,
-    calibration_plan,
+    calibration_gain,
+    calibration_plans,
+    calibration_steps,
     expected_rho_steps,
+    forgets_like_retraining,
+    trigger_margin_closed,
 )
 from fedunlearn.unlearning import cache
 from fedunlearn.unlearning.base import run_method
 from fedunlearn.unlearning.compare import BACKDOOR_MARGIN, compare, tolerance
+from fedunlearn.unlearning.controls import Retrain
 from fedunlearn.unlearning.evaluate import evaluate
 from fedunlearn.unlearning.registry import MethodSettingError, get_method
 from fedunlearn.unlearning.scenarios import build_scenario
@@ -55,19 +64,27 @@ def test_calibrate_update_zero_fresh_and_integer_tensors_give_zero() -> None:
     assert torch.equal(out["n"], torch.tensor([0]))
 
 
-def test_calibration_plan_halves_epochs_or_steps() -> None:
+def test_calibration_steps_round_up() -> None:
+    config = FederationConfig(local_epochs=1, batch_size=16)
+    # 140 examples, batch 16: 9 steps a round; half is 4.5 -> 5 (the substrate's round() gives 4)
+    assert local_step_count(140, config) == 9 and local_step_count(140, config, 0.5) == 4
+    assert calibration_steps(140, config, 0.5) == 5
+    assert calibration_steps(128, config, 0.5) == 4  # 8 steps: exact
+    assert calibration_steps(140, config, 1.0) == 9
+    assert calibration_steps(300, FederationConfig(local_epochs=1, batch_size=10), 0.1) == 3  # not 4 (float)
+    assert calibration_steps(10, config, 0.01) == 1  # at least one step
+    assert calibration_steps(100, FederationConfig(local_steps=7), 0.5) == 4  # step schedule: ceil(3.5)
+    with pytest.raises(ValueError, match="calibration_ratio"):
+        calibration_steps(100, config, 0.0)
+
+
+def test_calibration_plans_per_client() -> None:
     request = ForgetRequest.forget_clients(0)
     config = FederationConfig(local_epochs=2, batch_size=10)
-    plan = calibration_plan(config, 0.5, request)
-    assert (plan.data, plan.request, plan.local_epochs, plan.local_steps) == ("retained", request, 1.0, None)
-    # 100 examples, batch 10: 20 steps for 2 epochs, 10 for the calibration
-    assert local_step_count(100, config) == 20 and local_step_count(100, plan.schedule(config)) == 10
-    stepped_config = FederationConfig(local_steps=7)
-    stepped = calibration_plan(stepped_config, 0.5, request)
-    assert stepped.local_steps == 4 and stepped.local_epochs is None  # round(3.5) = 4
-    assert local_step_count(100, stepped.schedule(stepped_config)) == 4
-    with pytest.raises(ValueError, match="calibration_ratio"):
-        calibration_plan(config, 0.0, request)
+    plans = calibration_plans(config, 0.5, request, {1: 100, 2: 95})
+    assert {c: (p.data, p.request, p.local_steps) for c, p in plans.items()} == {
+        1: ("retained", request, 10), 2: ("retained", request, 10)}  # 20 steps a round -> 10
+    assert local_step_count(100, plans[1].schedule(config)) == 10
 
 
 def test_expected_cost_is_r_over_dt() -> None:
@@ -136,13 +153,19 @@ def test_no_calibration_replays_fedavg_of_stored_updates(small) -> None:
         assert torch.allclose(result.state[key], value, atol=1e-5)
 
 
-def test_calibration_takes_half_the_local_steps_of_every_kept_round_but_the_first(small) -> None:
+def test_calibration_takes_half_the_local_steps_rounded_up_at_every_kept_round_but_the_first(small) -> None:
+    """Claim 1's cost, by construction: ceil(r * s_k) steps per remaining client and kept round
+    after the first, so rho_steps = (kept - 1) * ceil(r s) / (T s) when every client takes s steps."""
     scenario, run = small
     result = run_method(FedEraser(), run, scenario.request)
-    expected = sum(local_step_count(record.sample_counts[c], run.config, 0.5)
-                   for record in run.history.kept_rounds[1:] for c in record.participants if c != 0)
+    steps = {c: local_step_count(n, run.config) for c, n in run.history.kept_rounds[0].sample_counts.items()}
+    expected = sum(-(-steps[c] // 2) for record in run.history.kept_rounds[1:] for c in record.participants if c != 0)
     assert expected > 0 and result.cost.client_steps == expected
     assert result.cost.client_rounds == sum(len(r.participants) - 1 for r in run.history.kept_rounds[1:])
+    retrain = run_method(Retrain(), run, scenario.request).cost.client_steps
+    assert {steps[c] for c in steps if c != 0} == {9}  # every remaining client: 9 steps a round here
+    kept, rounds = len(run.history.kept_rounds), run.config.rounds
+    assert result.cost.client_steps / retrain == pytest.approx((kept - 1) * 5 / (rounds * 9))
 
 
 def test_unknown_or_absent_client_is_refused(small) -> None:
@@ -160,76 +183,93 @@ def test_unknown_or_absent_client_is_refused(small) -> None:
 
 # ---------------------------------------------------------------- the reproduced claims (slow)
 
-FULL_CALIBRATION = ("federaser", {"calibration_ratio": 1.0})
+SANITY = ("federaser", {"interval": 1, "calibration_ratio": 1.0})
+SANITY_LABEL = "federaser[interval=1,calibration_ratio=1.0]"
+
+
+class SwappedCalibration(FedEraser):
+    """A broken step: the stored update's direction with the fresh update's length."""
+
+    name = "federaser-swapped"
+
+    def _calibrated_step(self, stored, fresh, ids, counts):
+        return weighted_average([calibrate_update(fresh[k], stored[k]) for k in ids], counts)
 
 
 @pytest.fixture(scope="module")
-def comparison():
-    """digits-backdoor, seed 0, smoke size: FedEraser, its ablation and the controls against θ_r.
-
-    ``run_method`` (inside ``compare``) also checks that no method modified the stored history.
-    """
+def smoke():
+    """digits-backdoor (10 clients, one local epoch), seed 0: FedEraser, its ablation, the
+    controls and the sanity setting against θ_r. ``run_method`` (inside ``compare``) also checks
+    that no method modified the stored history."""
     return compare("digits-backdoor", ["do-nothing", "continue-fedavg", "federaser", "federaser-no-calibration",
-                                       FULL_CALIBRATION], progress=False)
+                                       SANITY, SwappedCalibration()], progress=False)
+
+
+@pytest.fixture(scope="module")
+def paper():
+    """digits-backdoor-paper (20 clients, 10 local epochs, batch 64, momentum 0.9), seed 0."""
+    return compare("digits-backdoor-paper", ["do-nothing", "continue-fedavg", "federaser",
+                                             "federaser-no-calibration", SwappedCalibration()], progress=False)
 
 
 @pytest.mark.slow
-def test_speedup_is_at_least_dt_over_r(comparison) -> None:
-    """Claim 1 (4x expected): rho_steps <= r / dt = 0.25, with exactly half the local steps of
-    every remaining client at every kept round but the first.
+def test_paper_regime_backdoor_logit_largely_removed(paper, smoke) -> None:
+    """Claim 2, influence removed, in the paper-like regime: ASR within the tolerance of θ_r's, and
+    at least TRIGGER_CLOSURE of θ_o's trigger-margin excess over θ_r removed.
 
-    Fails under a broken step: calibrating with a whole round of training
-    (``federaser[calibration_ratio=1.0]``, rho_steps 0.45; asserted), and under do-nothing
-    (no client work at all, rho_steps 0).
+    Fails under do-nothing (closure 0), continue-fedavg (0.09 at seed 0) and the uncalibrated
+    replay FedAccum (0.35), all asserted; the ASR part alone would pass FedAccum. In the smoke
+    regime FedEraser itself removes only 0.39 (asserted: the page's verdict is regime-bound).
     """
-    cmp = comparison
-    assert 0 < cmp.rho("federaser") <= expected_rho_steps(FedEraserConfig())
-    assert cmp.rho("federaser[calibration_ratio=1.0]") > expected_rho_steps(FedEraserConfig())
-    assert cmp.rho("do-nothing") == 0
-    run = cache.trained_federation(build_scenario("digits-backdoor", seed=0), 2)
-    expected_steps = sum(local_step_count(record.sample_counts[c], run.config, 0.5)
-                         for record in run.history.kept_rounds[1:] for c in record.participants if c != 0)
-    assert cmp.per_seed[0]["methods"]["federaser"]["cost"]["client_steps"] == expected_steps
-    assert cmp.per_seed[0]["methods"]["federaser-no-calibration"]["cost"]["client_steps"] == 0
+    assert paper.gap("do-nothing", "asr") > BACKDOOR_MARGIN  # a backdoor to remove
+    assert paper.gap("federaser", "asr", "max") <= tolerance("asr")
+    assert trigger_margin_closed(paper, "federaser") >= TRIGGER_CLOSURE
+    for control in ("do-nothing", "continue-fedavg", "federaser-no-calibration"):
+        assert trigger_margin_closed(paper, control) < TRIGGER_CLOSURE
+    assert paper.gap("federaser-no-calibration", "asr") <= tolerance("asr")  # why ASR alone cannot tell
+    assert trigger_margin_closed(smoke, "federaser") < TRIGGER_CLOSURE
 
 
 @pytest.mark.slow
-def test_backdoor_is_removed_as_by_retraining(comparison) -> None:
-    """Claim 2, influence removed: theta_o carries the backdoor (ASR more than BACKDOOR_MARGIN
-    above theta_r) and FedEraser's ASR is at most the ASR tolerance above theta_r's.
-
-    Fails under do-nothing (ASR gap +0.59) and continue-fedavg (+0.39); both asserted.
-    """
-    cmp = comparison
-    assert cmp.gap("do-nothing", "asr") > BACKDOOR_MARGIN  # the backdoor is there to remove
-    assert cmp.gap("federaser", "asr") <= tolerance("asr")
-    for control in ("do-nothing", "continue-fedavg"):
-        assert cmp.gap(control, "asr") > tolerance("asr")
-
-
-@pytest.mark.slow
-def test_calibration_beats_replaying_stored_updates(comparison) -> None:
+@pytest.mark.parametrize("regime", ["smoke", "paper"])
+def test_calibration_beats_replaying_stored_updates(regime, request) -> None:
     """Claim 2, calibration beats FedAccum: at least CALIBRATION_MARGIN more test accuracy than the
-    uncalibrated replay.
+    uncalibrated replay (paired, same seed), and a forget loss closer to θ_r's, in both regimes.
 
-    Fails under the ablation ``federaser-no-calibration`` (no gain over itself) and under a broken
-    calibration that replays the stored updates as they are (which is that ablation).
+    Fails under a broken calibration step that keeps the stored directions and takes the fresh
+    lengths (``SwappedCalibration``; asserted).
     """
-    cmp = comparison
-    gain = cmp.value("federaser", "test_acc") - cmp.value("federaser-no-calibration", "test_acc")
-    assert gain >= CALIBRATION_MARGIN
+    cmp = request.getfixturevalue(regime)
+    assert calibration_gain(cmp) >= CALIBRATION_MARGIN
+    assert abs(cmp.gap("federaser", "forget_loss")) < abs(cmp.gap("federaser-no-calibration", "forget_loss"))
+    assert calibration_gain(cmp, "federaser-swapped") < CALIBRATION_MARGIN
 
 
 @pytest.mark.slow
-def test_accuracy_is_bounded_by_retraining_for_the_kept_rounds(comparison) -> None:
-    """Why claim 2's utility part does not reproduce (test accuracy outside the retrain band, not
-    asserted): FedEraser applies one round's update per kept round, so it rebuilds a model of
-    ceil(T / dt) rounds. Its test accuracy is at most the accuracy tolerance above retraining for
-    ceil(T / dt) rounds, and closer to that than to theta_r.
+@pytest.mark.parametrize("regime", ["smoke", "paper"])
+def test_not_retrain_equivalent_at_the_paper_defaults(regime, request, smoke) -> None:
+    """Claim 2, "close to retraining", does not reproduce at the paper's defaults (Δt = 2, r = 0.5)
+    in either regime: test accuracy and the forgotten examples' loss distribution (KS p-value) lie
+    outside the retrain band. The criteria can be met: the sanity setting (Δt = 1, r = 1) meets
+    all four in the smoke regime (asserted), and do-nothing fails the trigger margin (asserted).
+    """
+    cmp = request.getfixturevalue(regime)
+    checks = forgets_like_retraining(cmp, "federaser")
+    assert not checks["test_acc"] and not checks["forget_quality"]
+    assert all(forgets_like_retraining(smoke, SANITY_LABEL).values())
+    assert not forgets_like_retraining(cmp, "do-nothing")["trigger_margin"]
+
+
+@pytest.mark.slow
+def test_accuracy_is_bounded_by_retraining_for_the_kept_rounds(smoke) -> None:
+    """Why claim 2's utility part does not reproduce in the smoke regime: FedEraser applies one
+    round's update per kept round, so it rebuilds a model of ceil(T / dt) rounds. Its test accuracy
+    is at most the accuracy tolerance above retraining for ceil(T / dt) rounds, and closer to that
+    than to theta_r.
 
     Fails under do-nothing (theta_o is far above the shortened retraining; asserted).
     """
-    cmp = comparison
+    cmp = smoke
     scenario = build_scenario("digits-backdoor", seed=0)
     run = cache.trained_federation(scenario, 2)
     kept = len(run.history.kept_rounds)

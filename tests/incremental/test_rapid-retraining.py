@@ -28,13 +28,20 @@ from fedunlearn.federated.task import ClassificationTask
 from fedunlearn.federated.training import OPTIMIZERS, FederationConfig, LocalPlan, client_update
 from fedunlearn.incremental.rapid_retraining import (
     ENTRY,
+    LARGE_DAMPING,
     MAX_RHO_STEPS,
+    TUNED_LR,
+    TUNING_GRIDS,
     DiagonalFisherNewton,
     RapidRetraining,
     RapidRetrainingConfig,
+    backdoor_suppressed,
+    best_lr,
     fisher_plan,
     rapid_retrain,
     rounds_to_band,
+    rounds_to_stop,
+    tuning_score,
 )
 from fedunlearn.unlearning.base import history_fingerprint, run_method, train_federation
 from fedunlearn.unlearning.compare import BACKDOOR_MARGIN, Comparison, compare, tolerance
@@ -43,7 +50,8 @@ from fedunlearn.unlearning.scenarios import build_scenario
 
 RAPID = "rapid-retraining"
 SGD_SAME_STOP = "rapid-retraining[optimizer=original]"
-ADAM_STYLE = "rapid-retraining[power=0.5]"
+FISHER_NAME, LARGE_NAME, SGD_NAME, ADAM_NAME = TUNING_GRIDS
+TUNED = {name: {**TUNING_GRIDS[name][0], "lr": TUNED_LR[name]} for name in TUNING_GRIDS}
 
 # ---------------------------------------------------------------- the optimiser, by hand
 
@@ -173,6 +181,40 @@ def test_rounds_to_band_is_first_round_within_tolerance() -> None:
     assert rounds_to_band(curve[:3], reference, band) is None
 
 
+def test_sgd_and_adam_plans_name_the_optimiser_and_its_lr() -> None:
+    request = ForgetRequest.forget_clients(0)
+    for name in ("sgd", "adam"):
+        plan = fisher_plan(request, RapidRetrainingConfig(optimizer=name, lr=0.3))
+        assert (plan.data, plan.optimizer, plan.lr, plan.optimizer_options) == ("retained", name, 0.3, ())
+    # the large-damping ablation is the Fisher plan with lambda = LARGE_DAMPING
+    large = fisher_plan(request, RapidRetrainingConfig(damping=LARGE_DAMPING, lr=LARGE_DAMPING))
+    assert dict(large.optimizer_options)["damping"] == LARGE_DAMPING and large.lr == LARGE_DAMPING
+
+
+def test_rounds_to_stop_and_the_tuning_score_by_hand() -> None:
+    assert rounds_to_stop([2.0, 0.9, 0.5, 0.4], 0.5) == 3
+    assert rounds_to_stop([2.0, 0.9], 0.5) is None
+    assert rounds_to_stop([0.6], 0.5, slack=1.2) == 1  # 0.6 <= 1.2 * 0.5
+    # two tuning federations: fires at round 2 (last loss 0.4) and never (charged cap 21, last loss 0.7)
+    assert tuning_score([([0.9, 0.4], 0.5), ([1.0, 0.7], 0.5)], cap=21) == (23, pytest.approx(1.1))
+    # fewest rounds first, then the lower loss, then the smaller rate
+    assert best_lr({0.1: (20, 0.3), 0.3: (10, 0.2), 1.0: (10, 0.1)}) == 1.0
+    assert best_lr({0.1: (10, 0.1), 0.3: (10, 0.1)}) == 0.1
+
+
+def _fake_comparison(margins: list[tuple[float, float]], band: float = 0.5):
+    """Per seed (method's margin, θ_r's margin): the fields backdoor_suppressed reads."""
+    rows = [{"methods": {"m": {"metrics": {"trigger_margin": m}}}, "oracle": {"trigger_margin": r}} for m, r in margins]
+    return type("Fake", (), {"per_seed": rows, "aggregate": {"band": {"trigger_margin": band}}})()
+
+
+def test_backdoor_suppressed_is_one_sided_and_holds_at_every_seed() -> None:
+    assert backdoor_suppressed(_fake_comparison([(-11.0, -9.0), (-9.4, -9.0)]), "m")  # -9.4 <= -8.5
+    assert not backdoor_suppressed(_fake_comparison([(-11.0, -9.0), (-8.0, -9.0)]), "m")  # -8.0 > -8.5
+    # a backdoor that merely lost the argmax (margin just below 0): ASR 0, but not suppressed
+    assert not backdoor_suppressed(_fake_comparison([(-0.5, -9.0)]), "m")
+
+
 def test_entry_registers_the_method() -> None:
     assert catalog.get("rapid-retraining").methods == (RAPID,)
     assert ENTRY.citation_keys == ("liu2022right",)
@@ -273,9 +315,14 @@ def test_the_method_asks_the_clients_for_the_target_loss_too(tiny) -> None:
 
 @pytest.fixture(scope="module")
 def backdoor() -> Comparison:
-    """digits-backdoor, seed 0 (cached θ_o, θ_r): rapid retraining, two ablations, do-nothing."""
-    return compare("digits-backdoor", ["do-nothing", RAPID, (RAPID, {"optimizer": "original"}),
-                                       (RAPID, {"power": 0.5})], seeds=(0,), progress=False)
+    """digits-backdoor, seed 0 (cached θ_o, θ_r): rapid retraining at the paper's η, the controls,
+    and every local optimiser at its tuned learning rate with the same stopping rule."""
+    return compare("digits-backdoor", ["do-nothing", "continue-fedavg", RAPID, (RAPID, {"optimizer": "original"}),
+                                       *((RAPID, o) for o in TUNED.values())], seeds=(0,), progress=False)
+
+
+def label(overrides: dict) -> str:
+    return get_method(RAPID, **overrides).label
 
 
 def retrain_equivalent_in_few_steps(comparison: Comparison, label: str) -> bool:
@@ -284,11 +331,10 @@ def retrain_equivalent_in_few_steps(comparison: Comparison, label: str) -> bool:
             and comparison.rho(label, "steps") <= MAX_RHO_STEPS)
 
 
-def fewer_steps_than_sgd_with_the_same_stop(comparison: Comparison, label: str) -> bool:
-    """Client steps: ``label`` < SGD with the same stopping rule <= retraining, at every seed."""
-    rows = comparison.per_seed
-    return all(row["methods"][label]["cost"]["client_steps"] < row["methods"][SGD_SAME_STOP]["cost"]["client_steps"]
-               <= row["oracle_cost"]["client_steps"] for row in rows)
+def fewer_steps(comparison: Comparison, label: str, baseline: str) -> bool:
+    """``label`` takes fewer client steps than ``baseline`` at every seed."""
+    return all(row["methods"][label]["cost"]["client_steps"] < row["methods"][baseline]["cost"]["client_steps"]
+               for row in comparison.per_seed)
 
 
 @pytest.mark.slow
@@ -296,10 +342,12 @@ def test_reproduced_claim_against_the_retrain_oracle(backdoor: Comparison) -> No
     """Rapid retraining at its defaults is retrain-equivalent on test accuracy and backdoor ASR
     (the retrain band, 2 points at seed 0) using at most MAX_RHO_STEPS of the oracle's client steps
     (measured at seed 0: ρ_steps 0.40, the rule stops after 8 of 20 rounds; test accuracy +0.4
-    points; ASR 0 like θ_r). During development on seeds 0-6 the accuracy gap left the band at one
-    seed (4), so the claim is asserted at seed 0. θ_o's ASR is more than BACKDOOR_MARGIN above
-    θ_r's, so the ASR comparison is informative. Fails under do-nothing (ASR) and under the ablation
-    ``optimizer="original"`` (ρ_steps 1), as asserted."""
+    points; ASR 0 like θ_r; also at the unused seeds 5-7: ρ_steps 0.40, gaps -0.4 to -0.9 points).
+    θ_o's ASR is more than BACKDOOR_MARGIN above θ_r's, so the ASR comparison is informative.
+    Fails under do-nothing (ASR 0.59) and under the untuned SGD with the same stop (ρ_steps 1.0),
+    as asserted. (Tuned SGD with the same stop, ρ_steps 0.55 at seed 0, also fails the ρ
+    criterion here, but meets it at seeds 1, 2, 5, 6: the criterion does not single out the
+    curvature; the next tests do that.)"""
     assert backdoor.informative("asr")
     assert backdoor.value("original", "asr") > backdoor.value("retrain", "asr") + BACKDOOR_MARGIN
     assert retrain_equivalent_in_few_steps(backdoor, RAPID)
@@ -308,10 +356,29 @@ def test_reproduced_claim_against_the_retrain_oracle(backdoor: Comparison) -> No
 
 
 @pytest.mark.slow
-def test_speed_up_comes_from_the_optimiser_not_the_stopping_rule(backdoor: Comparison) -> None:
-    """With the same stopping rule but the scenario's SGD, retraining takes more client steps than
-    with the Fisher optimiser (measured: it never reaches θ_o's retained loss within T rounds, so
-    it costs as much as the oracle). Fails under a broken step, the Adam-style ``power=0.5`` at
-    the paper's η (it too never reaches the target: as many steps as SGD), as asserted."""
-    assert fewer_steps_than_sgd_with_the_same_stop(backdoor, RAPID)
-    assert not fewer_steps_than_sgd_with_the_same_stop(backdoor, ADAM_STYLE)
+def test_the_backdoor_is_suppressed_not_just_below_the_argmax(backdoor: Comparison) -> None:
+    """Discriminating forgetting check: the trigger margin (target logit minus best other logit on
+    triggered inputs) is at most θ_r's plus its band (measured at seed 0: -11.4 against θ_r's -9.5;
+    at the unused seeds 5-7: -9.9 to -10.5 against -9.1 to -9.3). Fails under do-nothing (margin
+    +0.6) and under continue-fedavg (-1.2: five clean rounds lower the ASR to about 0.4 but leave
+    the target logit close to the others), as asserted. The KS forget quality on the forgotten
+    client's clean images cannot serve here: θ_o scores 0.76 (inside its band: not informative),
+    while exact retrainings along other trajectories score below 0.01, as asserted."""
+    assert backdoor_suppressed(backdoor, RAPID)
+    for control in ("do-nothing", "continue-fedavg"):
+        assert not backdoor_suppressed(backdoor, control)
+    assert not backdoor.informative("forget_quality")
+    assert not backdoor.equivalent(label(TUNED[SGD_NAME]), "forget_quality")  # an exact retraining fails it
+
+
+@pytest.mark.slow
+def test_the_curvature_buys_steps_over_tuned_sgd(backdoor: Comparison) -> None:
+    """With the same tuning budget (five learning rates, picked on seeds 3-4 by the stopping rule's
+    own target) and the same stopping rule, the Fisher step takes fewer client steps than SGD
+    (measured at seed 0: 7 against 11 rounds; at seeds 1, 2, 5, 6, 7 too). Fails under the
+    ablation that switches the curvature off, the same optimiser with λ = LARGE_DAMPING (16
+    rounds against SGD's 11), as asserted. Against tuned Adam the margin is one round (7 against
+    8, seed 0), reported by the notebook and not asserted as a claim."""
+    sgd = label(TUNED[SGD_NAME])
+    assert fewer_steps(backdoor, label(TUNED[FISHER_NAME]), sgd)
+    assert not fewer_steps(backdoor, label(TUNED[LARGE_NAME]), sgd)

@@ -98,10 +98,21 @@ def test_oracles_are_cached_and_a_damaged_one_is_retrained(scenario, caplog):
     assert not same(state, second)  # another sampling and data-order seed
     again, again_cost = cache.retrained_oracle(scenario, run)
     assert same(state, again) and again_cost.client_steps == cost.client_steps
-    (entry_dir(scenario) / "oracle-0.safetensors").write_bytes(b"not a tensor file")
+    (first,) = entry_dir(scenario).glob("oracle-*-0.safetensors")
+    first.write_bytes(b"not a tensor file")
     with caplog.at_level(logging.WARNING, logger="fedunlearn.cache"):
         fixed, _ = cache.retrained_oracle(scenario, run)
     assert "oracle unusable" in caplog.text and same(state, fixed)
+
+
+def test_requests_share_the_federation_and_keep_their_own_oracles(scenario):
+    other = scenario.restricted(forget_clients=(1,))
+    assert cache.federation_key(other)[0] == cache.federation_key(scenario)[0]  # training ignores the request
+    run = cache.trained_federation(scenario)
+    mine, _ = cache.retrained_oracle(scenario, run)
+    theirs, _ = cache.retrained_oracle(other, run)
+    assert not same(mine, theirs)  # another client left out: another oracle
+    assert same(cache.retrained_oracle(scenario, run)[0], mine)
 
 
 def test_the_cache_can_be_switched_off(scenario, trainings, monkeypatch):

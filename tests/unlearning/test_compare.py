@@ -9,12 +9,14 @@ from dataclasses import replace
 import pytest
 
 from fedunlearn.cli import main
+from fedunlearn.federated.costs import CostCounter
 from fedunlearn.federated.loop import run_rounds
-from fedunlearn.federated.requests import ForgetRequestError
+from fedunlearn.federated.requests import ForgetRequest, ForgetRequestError
 from fedunlearn.federated.training import LocalPlan
-from fedunlearn.unlearning import cache
+from fedunlearn.unlearning import cache, scenarios
 from fedunlearn.unlearning.base import UnlearningMethod, train_federation
-from fedunlearn.unlearning.compare import Comparison, compare, tolerance
+from fedunlearn.unlearning.compare import Comparison, compare, compare_sequential, tolerance
+from fedunlearn.unlearning.evaluate import evaluate
 from fedunlearn.unlearning.registry import MethodSettingError, get_method
 
 
@@ -134,6 +136,7 @@ def test_cli_set_changes_a_config(capsys):
     (["--scenario", "digits-backdoor", "--methods", "retrain", "--num-clients", "99"], "num-clients=99"),
     (["--scenario", "digits-backdoor", "--methods", "retrain", "--rounds", "-1"], "--rounds"),
     (["--scenario", "digits-backdoor", "--methods", "retrain", "--seed-list", "1,x"], "--seed-list"),
+    (["--scenario", "profiles-sequential", "--methods", "do-nothing", "--num-clients", "5"], "does not apply"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_trains_nothing(no_training, capsys, argv, message):
     assert main(["bench", *argv, "--no-progress"]) == 2
@@ -172,3 +175,40 @@ def test_a_method_that_owns_its_training_is_trained_cached_and_judged(tmp_path, 
     assert "trained_metrics" in row  # its θ_o is evaluated too: the utility its training costs
     assert row["cost"]["client_rounds"] == 2 * 2  # forgetting retrains its 2 rounds on 2 clients
     assert row["metrics"] == again.per_seed[0]["methods"]["test-half-rounds"]["metrics"]
+
+
+def test_sequential_comparison_needs_a_sequence(no_training):
+    with pytest.raises(ValueError, match="no sequence of requests; scenarios with one: profiles-sequential"):
+        compare_sequential("digits-backdoor", ["do-nothing"], progress=False)
+
+
+class FromOriginal(UnlearningMethod):
+    """A toy method that starts every request from θ_o (``sequential_start = "original"``) and
+    returns it unchanged: after any request it serves θ_o."""
+
+    name = "test-from-original"
+    granularities = frozenset({"client"})
+    sequential_start = "original"
+
+    def unlearn(self, run, request, counter):
+        return dict(run.final_state)
+
+
+def test_a_sequence_chains_deployed_models_and_judges_each_request(monkeypatch):
+    def two_requests(seed=0, full=False, device=None):
+        return replace(scenarios.digits_backdoor(seed, full, device).restricted(rounds=4), sequence=((0,), (1,)))
+
+    monkeypatch.setitem(scenarios.SCENARIOS, "test-two-requests", two_requests)
+    steps = compare_sequential("test-two-requests", [("continue-fedavg", {"rounds": 1}), FromOriginal()],
+                               progress=False)
+    assert [s.per_seed[0]["forgotten"] for s in steps] == [[0], [0, 1]]
+    # each request has its own oracle: θ_r without client 0, then without clients 0 and 1
+    assert steps[0].value("retrain", "test_acc") != steps[1].value("retrain", "test_acc")
+    # "original" serves θ_o after every request; "deployed" continues from its own last model
+    for step in steps:
+        assert step.value("test-from-original", "test_acc") == step.value("original", "test_acc")
+    sc = two_requests().restricted(forget_clients=(0, 1))
+    run = cache.trained_federation(sc)
+    first = get_method("continue-fedavg", rounds=1).unlearn(run, ForgetRequest.forget_clients(0), CostCounter())
+    chained = get_method("continue-fedavg", rounds=1).unlearn(replace(run, final_state=first), sc.request, CostCounter())
+    assert steps[1].value("continue-fedavg[rounds=1]", "test_acc") == evaluate(sc, chained, run.model)["test_acc"]

@@ -16,39 +16,114 @@ The substrate owns the pieces (this entry cites and explains them):
 state is the adapter; [`profile_clients`][fedunlearn.data.federated_profiles.profile_clients],
 which spreads fictitious people over clients by owner; and
 [`PROFILES_FEDERATION`][fedunlearn.unlearning.scenarios.PROFILES_FEDERATION], the federated recipe
-of the profile scenarios. This module adds two read-outs of what an adapter memorised,
-[`record_logprobs`][fedunlearn.foundations.fedit.record_logprobs] and
-[`greedy_answer`][fedunlearn.foundations.fedit.greedy_answer] (exact extraction is
-[`greedy_reproduces`][fedunlearn.models.decoding.greedy_reproduces], shared with the evaluation). Deviations: a tiny
+of the profile scenarios. This module adds the read-outs of what an adapter knows,
+[`record_logprobs`][fedunlearn.foundations.fedit.record_logprobs],
+[`greedy_answers`][fedunlearn.foundations.fedit.greedy_answers] (the project's one greedy decoder;
+exact extraction is [`greedy_reproduces`][fedunlearn.models.decoding.greedy_reproduces], shared
+with the evaluation) and [`well_formed`][fedunlearn.foundations.fedit.well_formed], and the
+local-only baseline [`client_alone`][fedunlearn.foundations.fedit.client_alone]. Deviations: a tiny
 Llama-style model and byte tokenizer instead of LLaMA-7B, synthetic question-answer records
 instead of Databricks-Dolly-15k, no GPT-4 judging.
 
-Regime (measured on 2 CPU cores, one torch thread, seed 0): 4 clients x 5 people x 4 records,
-15 rounds of 4 local Adam epochs (480 client steps of 10 records, about 20 s): the members' answer
-log-probability per token rises from about -1.8 to about -0.5 while held-out people fall to
-about -2.4; a few of the 20 member canaries become exactly extractable, none of the held-out.
+The entry's claim is checked on what can transfer between people: the answers about the
+*unseen* people (``scenario.unseen_records``, never trained by anyone) of the federated adapter,
+of client 0 tuned alone and of the initial adapter: answer log-probability per token and whether the greedy answer has the form of
+a value the data generator could produce.
+
+Regime (measured on 2 CPU cores, one torch thread, seeds 0, 1, 5, 6, 7): 4 clients x 5 people x 4
+records, 15 rounds of 4 local Adam epochs (480 client steps of 10 records, about 40 s): the
+members' answer log-probability per token rises from about -1.8 to about -0.5; on unseen people
+every tuned adapter is below the initial one (about -1.8), the federated one less so (about -2.3)
+than client 0 alone with the same rounds (about -2.8): federated tuning over-fits less, it adds no
+transferable knowledge in this regime.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from fedunlearn.catalog import Entry, ReportedClaim
-from fedunlearn.data.profiles import QARecord
+from fedunlearn.data.profiles import SECRET_DIGITS, QARecord
 from fedunlearn.federated.lora_task import LoraCausalLMTask
+from fedunlearn.federated.requests import ForgetRequest
 from fedunlearn.models.decoding import greedy_continuations
 from fedunlearn.models.tiny_lm import answer_token_logprobs
+from fedunlearn.unlearning.scenarios import Scenario
 
-#: Pass criteria of the claims, in nats per answer token (notebook and claim tests). Memorisation:
+#: Pass criteria of the memorisation claim, in nats per answer token (notebook and claim tests):
 #: members gain more than ``MEMBER_GAIN`` over the initial adapter and end more than
-#: ``MEMBER_MARGIN`` above held-out people. Federated beats local: on the other clients' people the
-#: federated adapter gains more than ``MEMBER_GAIN`` over the initial adapter and ends more than
-#: ``MEMBER_MARGIN`` above client 0 trained alone.
+#: ``MEMBER_MARGIN`` above the unseen people.
 MEMBER_GAIN = 0.5
 MEMBER_MARGIN = 1.0
+
+#: Pass criterion of FedIT's claim (federated tuning beats one client's local-only tuning),
+#: measured on the *unseen* people, whom nobody trained on, so that only what transfers between
+#: people can count: the federated adapter's mean answer log-probability per token on them exceeds
+#: client 0 alone's by more than ``TRANSFER_MARGIN`` nats (and the federated adapter did tune: its
+#: members gain more than ``MEMBER_GAIN``). At smoke size the gap is 0.43 to 0.70 nats over seeds
+#: 0, 1, 5, 6 and 7, and each model's score moves by about a tenth between seeds.
+TRANSFER_MARGIN = 0.2
+
+#: Birth years the profile generator draws from (``make_profiles``: uniform on 1940..2005).
+YEAR_RANGE = (1940, 2005)
+
+
+def _faker_vocabulary() -> tuple[tuple[str, ...], tuple[str, ...], frozenset[str], frozenset[str], frozenset[str]]:
+    """City prefixes, city suffixes, first names, last names and job titles of Faker's en_US
+    providers (the ones ``make_profiles`` draws from)."""
+    from faker.providers.address.en_US import Provider as Address
+    from faker.providers.job.en_US import Provider as Job
+    from faker.providers.person.en_US import Provider as Person
+
+    first = frozenset(name for attr in dir(Person) if attr.startswith("first_names")
+                      for name in getattr(Person, attr))
+    jobs = frozenset(job.split(",")[0] for job in Job.jobs)
+    return tuple(Address.city_prefixes), tuple(set(Address.city_suffixes)), first, frozenset(Person.last_names), jobs
+
+
+_CITY_PREFIXES, _CITY_SUFFIXES, _FIRST_NAMES, _LAST_NAMES, _JOBS = _faker_vocabulary()
+
+
+def _city_form(answer: str) -> bool:
+    """Whether ``answer`` is a city Faker's en_US formats can produce: ``P F S``, ``P F``, ``F S``
+    or ``L S`` (prefix P, first name F, last name L, suffix S)."""
+    head, _, rest = answer.partition(" ")
+    if rest and head in _CITY_PREFIXES:
+        return rest in _FIRST_NAMES or any(
+            rest.endswith(suffix) and rest[: -len(suffix)] in _FIRST_NAMES for suffix in _CITY_SUFFIXES
+        )
+    return " " not in answer and any(
+        answer.endswith(suffix) and answer[: -len(suffix)] in _FIRST_NAMES | _LAST_NAMES for suffix in _CITY_SUFFIXES
+    )
+
+
+def well_formed(kind: str, answer: str) -> bool:
+    """Whether a greedy ``answer`` to a question of ``kind`` is a value the profile generator could
+    have produced for *some* person: what a model can learn from other people's records.
+
+    - ``canary``: exactly ``SECRET_DIGITS`` (4) digits;
+    - ``year``: four digits within ``YEAR_RANGE``;
+    - ``city``: a name of one of Faker's en_US city formats (prefix + first name + suffix, prefix
+      + first name, first or last name + suffix, with Faker's prefixes, suffixes and names);
+    - ``job``: one of Faker's en_US job titles, cut at the first comma as ``make_profiles`` does.
+
+    Raises:
+        ValueError: For a kind the profiles do not have.
+    """
+    if kind == "canary":
+        return len(answer) == SECRET_DIGITS and answer.isascii() and answer.isdigit()
+    if kind == "year":
+        return len(answer) == 4 and answer.isascii() and answer.isdigit() and (
+            YEAR_RANGE[0] <= int(answer) <= YEAR_RANGE[1])
+    if kind == "city":
+        return _city_form(answer)
+    if kind == "job":
+        return answer in _JOBS
+    raise ValueError(f"unknown record kind {kind!r}")
 
 
 @torch.no_grad()
@@ -76,21 +151,31 @@ def record_logprobs(
     return torch.cat(values) if values else torch.zeros(0)
 
 
-def greedy_answer(
-    task: LoraCausalLMTask, model: nn.Module, record: QARecord, max_new_tokens: int = 24
-) -> str:
-    """The model's greedy completion of the record's prompt, up to the end-of-sequence token (the
-    project's one decoder, [`greedy_continuations`][fedunlearn.models.decoding.greedy_continuations]).
+def greedy_answers(
+    task: LoraCausalLMTask, model: nn.Module, records: Sequence[QARecord], max_new_tokens: int = 24
+) -> list[str]:
+    """The model's greedy completion of each record's prompt, up to the end-of-sequence token (the
+    project's one decoder, [`greedy_continuations`][fedunlearn.models.decoding.greedy_continuations],
+    batched).
 
     A record counts as *extracted* when this returns exactly its answer, which
     [`greedy_reproduces`][fedunlearn.models.decoding.greedy_reproduces] checks in one pass.
     """
     tokenizer = task.tokenizer
-    prompt = tokenizer(record.prompt, add_special_tokens=False)["input_ids"]
-    tokens = greedy_continuations(model, [prompt], [max_new_tokens])[0]
-    if tokenizer.eos_token_id in tokens:
-        tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
-    return tokenizer.decode(tokens, skip_special_tokens=True)
+    prompts = [tokenizer(record.prompt, add_special_tokens=False)["input_ids"] for record in records]
+    answers = []
+    for tokens in greedy_continuations(model, prompts, [max_new_tokens] * len(prompts)):
+        if tokenizer.eos_token_id in tokens:
+            tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
+        answers.append(tokenizer.decode(tokens, skip_special_tokens=True))
+    return answers
+
+
+def greedy_answer(
+    task: LoraCausalLMTask, model: nn.Module, record: QARecord, max_new_tokens: int = 24
+) -> str:
+    """The greedy answer to one record ([`greedy_answers`][fedunlearn.foundations.fedit.greedy_answers])."""
+    return greedy_answers(task, model, [record], max_new_tokens)[0]
 
 
 ENTRY = Entry(
@@ -116,3 +201,20 @@ ENTRY = Entry(
         ),
     ),
 )
+
+
+def client_alone(scenario: Scenario, client: int = 0, rounds: int = 0) -> Scenario:
+    """The scenario cut to one client: its federation is ``client`` trained alone with the same
+    local recipe, through the same round loop (so [`trained_federation`][fedunlearn.unlearning.cache.trained_federation]
+    trains and caches it like any federation).
+
+    Args:
+        scenario: A profile scenario.
+        client: The client kept.
+        rounds: Rounds (0: the scenario's, i.e. the client's own share of the federation's local
+            steps; ``K`` times as many give it the federation's total local steps).
+    """
+    config = scenario.config if rounds <= 0 else replace(scenario.config, rounds=rounds)
+    owned = scenario.clients[client].record_ids[:1].tolist()
+    return replace(scenario, clients={client: scenario.clients[client]}, config=config,
+                   request=ForgetRequest.forget_records(owned))

@@ -30,20 +30,30 @@ round $t$ exceed $\tau_t$) and *final tuning* (the last $T_f$ rounds). Client co
 of exact updates.
 
 Implemented: all of the above, exact updates asked of the clients through the client pool (all
-exact clients of a round in one request) and aggregation with the federation's rule; the
-ablation ``fedrecover-no-correction`` estimates every round after warm-up (no correction, no
-abnormality fixing, no final tuning). Conventions and deviations: updates here are model deltas
-$\Delta = w_{\text{local}} - w$ of several local SGD steps, so the gradient-like quantity is
-$g = -\Delta / \eta$ (the mean step direction times the number of steps); its Jacobian is
-positive semi-definite near a minimum, as BFGS needs. Each client keeps its own aligned pairs
-(the paper updates the model-difference buffer only in rounds where *all* clients were exact);
-pairs failing the curvature test $s^\top y > \epsilon \lVert s\rVert^2$ are skipped, and a client
-without a pair replays $\bar g^i_t$. The history must keep every round (``record_every=1``).
-Defaults are ours: the paper's text fixes none of them except an example $T_f = 5$ and $T_w > s$;
-we take $s = 2$, $T_w = 3$, $T_c = 15$, $T_f = 2$ for runs of tens of rounds (so that about 80% of
-client work is saved) and $\alpha = 0$, i.e. an estimate is abnormal when a coordinate exceeds
-every coordinate a retained client ever sent (a per-coordinate $\alpha$ near $1/d$ flags almost
-every estimate of a $d$-parameter model).
+exact clients of a round in one request) and aggregation with the federation's rule (FedAvg,
+median or trimmed mean, as in training); the ablation ``fedrecover-no-correction`` estimates
+every round after warm-up (no correction, no abnormality fixing, no final tuning), and
+``buffer_size=0`` replays the stored update $\bar g^i_t$ instead of correcting it (no L-BFGS).
+
+Conventions and deviations: updates here are model deltas $\Delta = w_{\text{local}} - w$ of
+several local SGD steps, so the gradient-like quantity is $g = -\Delta / \eta$ (the mean step
+direction times the number of steps). Its Jacobian in $w$ is symmetric positive semi-definite
+only in the idealised case of a fixed convex quadratic loss, full-batch steps without momentum and
+$\eta \lambda_{\max} \le 2$ (then it is $(I - (I - \eta \mathbf A)^K)/\eta$); mini-batches,
+momentum and a non-convex network break this, so BFGS's positive curvature is not guaranteed:
+pairs failing the curvature test $s^\top y > \epsilon \lVert s\rVert^2$ are skipped, and a
+client without a pair replays $\bar g^i_t$. Each client keeps its own aligned pairs (the paper
+updates the model-difference buffer only in rounds where *all* clients were exact). The history
+must keep every round (``record_every=1``).
+
+Defaults and where they come from: $T_f = 5$ is the paper's example ("only a small number of
+rounds (e.g., $T_f = 5$)", Sec. IV-C) and $T_w > s$ its only constraint on warm-up; the values
+of $s$, $T_w$, $T_c$ and $\alpha$ in its experiments were not retrieved, and no code by the
+authors was found. Ours: $s = 2$, $T_w = 3$, $T_c = 15$ (for runs of tens of rounds) and
+$\alpha = 10^{-4}$, about four of the $\approx 4 \cdot 10^4$ stored coordinates of a round of the
+digits federation above $\tau_t$, fixed before the runs of issue 10 (the variant the case study
+showed before). $\alpha = 0$ makes $\tau$ the largest coordinate any retained client ever sent,
+so abnormality fixing almost never fires.
 """
 
 from __future__ import annotations
@@ -72,7 +82,8 @@ class FedRecoverConfig:
         warmup_rounds: $T_w$, first rounds with exact client updates (paper: $T_w > s$).
         correction_period: $T_c$; every $T_c$-th round after warm-up is exact (0 = never).
         final_rounds: $T_f$, last rounds with exact updates (the paper's example: 5).
-        buffer_size: $s$, L-BFGS pairs kept per client.
+        buffer_size: $s$, L-BFGS pairs kept per client (0: no pairs, estimates replay the stored
+            update).
         tolerance_rate: $\alpha$ of abnormality fixing; 0 makes $\tau$ the largest coordinate of
             any stored update of a retained client; ``None`` disables it ($\tau = \infty$).
         curvature_eps: A pair is used only if $s^\top y > \epsilon \lVert s \rVert^2$.
@@ -80,23 +91,25 @@ class FedRecoverConfig:
 
     warmup_rounds: int = 3
     correction_period: int = 15
-    final_rounds: int = 2
+    final_rounds: int = 5
     buffer_size: int = 2
-    tolerance_rate: float | None = 0.0
+    tolerance_rate: float | None = 1e-4
     curvature_eps: float = 1e-8
 
 
 #: Criteria of the case study, stated once (the notebook's verdicts and the claim tests use them).
-#: The metrics a recovery is judged on (the paper's test error and attack success rate).
-RECOVERY_METRICS = ("test_acc", "asr")
-#: "As accurate as train-from-scratch": test accuracy within 1 point of $\theta_r$ (the paper's
-#: recovered and retrained models share their test error to two digits).
-MAX_ACCURACY_GAP = 0.01
-#: "Most client work saved": at most 20% of train-from-scratch client steps (the paper: 12%).
-MAX_RHO_STEPS = 0.2
-#: "Most of the backdoor removed": ASR at most 10 points above $\theta_r$'s (the stricter claim,
-#: within the retrain tolerance of 2 points, is judged separately).
-MAX_RESIDUAL_ASR = 0.10
+#: The scenario of the headline: the paper's example aggregates with Trimmed-mean.
+RECOVERY_SCENARIO = "digits-poisoned-trimmed"
+#: The same federation under FedAvg (the second regime the page reports).
+FEDAVG_SCENARIO = "digits-poisoned"
+#: The metrics a recovery is judged on: the paper's test error and attack success rate, and the
+#: trigger-logit margin, which separates a backdoor that is gone from one merely below the
+#: decision threshold (ASR alone does not).
+RECOVERY_METRICS = ("test_acc", "asr", "trigger_margin")
+#: "As accurate as train-from-scratch" is judged with the comparison engine's retrain band on each
+#: of ``RECOVERY_METRICS`` (median gap over seeds). The paper's recovered and retrained models share
+#: their test error to two digits; on our 225 test digits one point is about two examples, below
+#: the spread between two retrained models, so no tighter accuracy criterion is set.
 #: "Corrections are needed": without them the worst gap to $\theta_r$ (test accuracy or ASR) is
 #: at least this much larger.
 ABLATION_MARGIN = 0.05
@@ -149,6 +162,12 @@ def abnormality_threshold(stored_updates: list[list[torch.Tensor]], alpha: float
     return float(max(per_round))
 
 
+def scheduled_rounds(rounds: int, config: FedRecoverConfig) -> int:
+    r"""Rounds in which every client is asked by the schedule alone (no abnormality fixing):
+    $T_w + T_f + \lfloor (T - T_w - T_f)/T_c \rfloor$ for $T > T_w + T_f$ (the paper's cost)."""
+    return sum(exact_round(t, rounds, config) for t in range(rounds))
+
+
 def exact_round(t: int, rounds: int, config: FedRecoverConfig) -> bool:
     """Whether round ``t`` of ``rounds`` asks every client (warm-up, correction or final tuning)."""
     if t < config.warmup_rounds or t >= rounds - config.final_rounds:
@@ -158,9 +177,9 @@ def exact_round(t: int, rounds: int, config: FedRecoverConfig) -> bool:
 
 
 def add_pair(buffer: list[Pair], pair: Pair, size: int, eps: float) -> None:
-    """Append ``pair`` if it passes the curvature test; keep the newest ``size``."""
+    """Append ``pair`` if it passes the curvature test; keep the newest ``size`` (0: keep none)."""
     s, y = pair
-    if s @ y > eps * (s @ s) and s @ s > 0:
+    if size > 0 and s @ y > eps * (s @ s) and s @ s > 0:
         buffer.append(pair)
         del buffer[:-size]
 

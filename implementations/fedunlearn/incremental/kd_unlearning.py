@@ -30,7 +30,11 @@ sourced here (we use $T = 2$, Hinton et al.'s order of magnitude, and a short SG
 on $\theta_o$/$\theta_s$ only, never on the retrained model); the paper's optional mix with hard
 labels when the server holds labeled data is not implemented; the server-side unlabeled data is
 ours (see [`Scenario.server_inputs`][fedunlearn.unlearning.scenarios.Scenario] and
-the case study), since the paper's outsourced data is not reproducible here.
+the case study), since the paper's outsourced data is not reproducible here; the paper writes the
+subtraction with the weight $1/N$ of a plain mean over $N$ clients, we use the FedAvg weight
+$n_k/n_{S_t}$ the update entered the model with (equal when clients hold equal data); the
+paper's backdoors are source-to-target (e.g. MNIST "1" to "9"), the scenario's is one patch that
+sends every class to the target (see the entry page).
 """
 
 from __future__ import annotations
@@ -142,6 +146,7 @@ class KnowledgeDistillationUnlearning(UnlearningMethod):
     name = "kd"
     granularities = frozenset({"client"})
     Config = KDConfig
+    sequential_start = "original"  # subtracts from, and distils, θ_o: a later request is cumulative
 
     def history_interval(self) -> int:
         """Every round's client updates are subtracted."""
@@ -168,6 +173,7 @@ class SubtractOnly(UnlearningMethod):
 
     name = "kd-subtract-only"
     granularities = frozenset({"client"})
+    sequential_start = "original"
 
     def history_interval(self) -> int:
         """Every round's client updates are subtracted."""

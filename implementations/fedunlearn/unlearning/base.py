@@ -123,6 +123,11 @@ class UnlearningMethod:
     Config: ClassVar[type] = NoConfig
     #: Whether the method trains the federation its own way (see ``train_federation``).
     owns_training: ClassVar[bool] = False
+    #: In a sequence of requests, what ``run.final_state`` is when request $k > 1$ arrives:
+    #: ``"deployed"`` (the model the method served after request $k-1$) or ``"original"``
+    #: ($\theta_o$, for methods that subtract from or measure against it; they receive the
+    #: cumulative request). Methods that rebuild from the history ignore it.
+    sequential_start: ClassVar[str] = "deployed"
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()

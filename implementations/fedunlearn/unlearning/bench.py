@@ -13,7 +13,13 @@ from pathlib import Path
 
 from fedunlearn.federated.requests import ForgetRequestError
 from fedunlearn.unlearning.base import check_granularity
-from fedunlearn.unlearning.compare import METRIC_HELP, Comparison, compare, resolve_methods
+from fedunlearn.unlearning.compare import (
+    METRIC_HELP,
+    Comparison,
+    compare,
+    compare_sequential,
+    resolve_methods,
+)
 from fedunlearn.unlearning.registry import MethodSettingError, available_methods, parse_settings
 from fedunlearn.unlearning.scenarios import SCENARIOS, build_scenario
 
@@ -56,6 +62,35 @@ def pareto_plot(result: Comparison, path: str | Path, metric: str | None = None)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+#: Metrics followed across a sequence of requests (those the scenario has).
+SEQUENCE_METRICS = ("forget_quality", "canary_exposure", "forget_el", "model_utility", "test_acc", "test_logprob")
+
+
+def sequence_plot(steps: list[Comparison], path: str | Path) -> Path:
+    """One panel per metric: its median after each request, per method, with θ_r's as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in SEQUENCE_METRICS if m in steps[0].aggregate["oracle"]]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+    x = list(range(1, len(steps) + 1))
+    for ax, metric in zip(axes[0], metrics):
+        ax.plot(x, [c.value("retrain", metric) for c in steps], "k--", label="θ_r")
+        for label in steps[0].methods:
+            ax.plot(x, [c.value(label, metric) for c in steps], marker="o", markersize=3, label=label)
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel("request")
+        ax.set_xticks(x)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -129,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
+    if build_scenario(args.scenario, seeds[0], args.full).sequence:
+        return _run_sequence(args, methods, seeds)
     result = compare(args.scenario, methods, seeds, args.full, args.num_clients, args.rounds,
                      progress=not args.no_progress, timing=args.timing)
     table = result.table(costs=("steps", "comm", "time") if args.timing else ("steps", "comm"))
@@ -138,4 +175,21 @@ def run(args: argparse.Namespace) -> int:
         args.out.with_suffix(".md").write_text(table + "\n")
         pareto_plot(result, args.out.with_suffix(".png"))
         print(f"wrote {args.out}, {args.out.with_suffix('.md')}, {args.out.with_suffix('.png')}")
+    return 0
+
+
+def _run_sequence(args: argparse.Namespace, methods, seeds: list[int]) -> int:
+    if args.num_clients:
+        return _fail(f"--num-clients does not apply to {args.scenario!r} (its requests name clients 0-3)")
+    steps = compare_sequential(args.scenario, methods, seeds, args.full, args.rounds, progress=not args.no_progress)
+    text = "\n\n".join(f"### Request {k + 1}: clients {steps[k].per_seed[0]['forgotten']} forgotten\n\n"
+                         + steps[k].table() for k in range(len(steps)))
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        for k, step in enumerate(steps):
+            step.save(args.out.with_name(f"{args.out.stem}-{k + 1}{args.out.suffix or '.json'}"))
+        args.out.with_suffix(".md").write_text(text + "\n")
+        sequence_plot(steps, args.out.with_suffix(".png"))
+        print(f"wrote {args.out.stem}-1..{len(steps)} JSON, {args.out.with_suffix('.md')}, {args.out.with_suffix('.png')}")
     return 0

@@ -44,6 +44,7 @@ from torch import nn
 
 from fedunlearn.federated.costs import CostCounter
 from fedunlearn.federated.history import HistoryError, TrainingHistory, read_verified
+from fedunlearn.federated.requests import request_to_dict
 from fedunlearn.federated.task import State
 from fedunlearn.federated.training import FederationConfig
 from fedunlearn.paths import cache_dir, file_lock, source_digest
@@ -75,9 +76,13 @@ def enabled() -> bool:
 
 
 def federation_key(scenario: Scenario, method: UnlearningMethod | None = None) -> tuple[str, dict]:
-    """The cache key of a trained federation (history kept every round) and the material it hashes."""
+    r"""The cache key of a trained federation (history kept every round) and the material it hashes.
+
+    The forget request is not part of it (training does not depend on it): every request on one
+    federation shares $\theta_o$; its oracles are stored per request."""
     fingerprint = scenario.fingerprint()
     fingerprint["config"] = {**fingerprint["config"], "record_every": 1}  # recording does not change training
+    del fingerprint["request"]
     material = {"scenario": fingerprint, "source": source_digest(*TRAINING_SOURCES),
                 "torch": torch.__version__}
     if method is not None and method.owns_training:
@@ -214,7 +219,8 @@ def retrained_oracle(scenario: Scenario, run: TrainedFederation, second_seed: bo
         return compute()
     key, _ = federation_key(scenario, method)
     entry = _root() / key
-    name = f"oracle-{int(second_seed)}"
+    request = json.dumps(request_to_dict(scenario.request), sort_keys=True)
+    name = f"oracle-{hashlib.sha256(request.encode()).hexdigest()[:12]}-{int(second_seed)}"
     with file_lock(entry):
         meta = _read_meta(entry, key) if (entry / "meta.json").is_file() else None
         if meta is not None and name in meta.get("oracles", {}):

@@ -20,18 +20,19 @@ import json
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from fedunlearn.federated.costs import state_bytes
+from fedunlearn.federated.task import State
 from fedunlearn.unlearning import cache
 from fedunlearn.unlearning.base import UnlearningMethod, check_granularity, run_method
 from fedunlearn.unlearning.controls import Retrain
 from fedunlearn.unlearning.evaluate import assess, evaluate, gaps_to_oracle, relative_to_oracle
 from fedunlearn.unlearning.registry import MethodSettingError, get_method
-from fedunlearn.unlearning.scenarios import build_scenario
+from fedunlearn.unlearning.scenarios import SCENARIOS, build_scenario
 
 #: Tolerance of retrain-equivalence per metric family (the Evaluating page; the log-prob and
 #: exposure tolerances are ours). A metric takes the first family its name contains.
@@ -40,6 +41,11 @@ TOLERANCES: dict[str, float] = {"acc": 0.02, "asr": 0.02, "mia_auc": 0.02, "logp
                                 "trigger_margin": 0.5, "forget_quality": 0.95, "privleak": 5.0, "_el": 0.02,
                                 "_ma": 0.02, "truth": 0.05, "answer_prob": 0.02, "rouge": 0.05,
                                 "model_utility": 0.02}
+
+#: The language-model columns entry pages show (forgetting against θ_r, with each reference
+#: beside its metric, then utility); the full set is in every Comparison.
+LM_HEADLINE_METRICS = ("forget_quality", "privleak", "forget_el", "unseen_el", "canary_exposure",
+                       "unseen_canary_exposure", "model_utility", "test_logprob")
 
 #: A backdoor scenario tests ASR claims only when θ_o's attack success rate lies at least this far
 #: above θ_r's (the backdoor is there to remove).
@@ -218,6 +224,10 @@ class Comparison:
         lines += ["", f"`{self.scenario}`, {spread}. In parentheses: the gap to θ_r of the same seed, ✓ within "
                   "the retrain band max(tolerance, 2σ_r), ✗ outside it; n.i. = not informative (θ_o is already "
                   "within that band)."]
+        if any(m.startswith("unseen_") or m == "canary_exposure" for m in metrics):
+            lines[-1] += (" References: `unseen_*` columns measure people nobody trained on (the forgetting "
+                          "threshold); a canary never seen has expected exposure log₂e ≈ 1.44 bits (maximum "
+                          "log₂10⁴ ≈ 13.3).")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -268,52 +278,108 @@ def compare(scenario: str, methods: Sequence[MethodLike], seeds: Sequence[int] =
             does not fit the restricted scenario (raised before any training).
         ValueError: If ``seeds`` is empty or ``num_clients`` exceeds the scenario's clients.
     """
+    instances, first = _prepare(scenario, methods, seeds, full, num_clients, rounds, device)
+    bar = tqdm(total=len(seeds) * (3 + len(instances)), desc=f"compare {scenario}", disable=not progress)
+    per_seed = []
+    for seed in seeds:
+        sc = first if seed == seeds[0] else build_scenario(scenario, seed, full, device).restricted(num_clients, rounds)
+        per_seed.append(_seed_row(sc, instances, timing, bar)[0])
+    bar.close()
+    return Comparison(scenario, list(seeds), full, [m.label for m in instances], per_seed, num_clients, rounds,
+                      first.config.as_dict(), timing)
+
+
+def compare_sequential(scenario: str, methods: Sequence[MethodLike], seeds: Sequence[int] = (0,),
+                       full: bool = False, rounds: int = 0, progress: bool = True,
+                       device: str | None = None) -> list[Comparison]:
+    r"""Serve the scenario's sequence of requests one after another (MUSE's sustainability).
+
+    Request $k$ forgets the clients of the first $k$ steps of ``Scenario.sequence``. Each method
+    starts request $k$ from what it served after request $k-1$: a method whose
+    ``sequential_start`` is ``"deployed"`` receives that model as ``run.final_state``; one marked
+    ``"original"`` (it subtracts from, or measures against, $\theta_o$) receives $\theta_o$ and the
+    cumulative request. Every step is judged against $\theta_r$ retrained without all clients
+    forgotten so far, with the cost of that step alone.
+
+    Returns:
+        One [`Comparison`][fedunlearn.unlearning.compare.Comparison] per request, named
+        ``"<scenario> #k"``.
+
+    Raises:
+        ValueError: If the scenario has no sequence of requests (or as ``compare``).
+    """
+    instances, first = _prepare(scenario, methods, seeds, full, 0, rounds, device)
+    if not first.sequence:
+        with_sequence = ", ".join(n for n in SCENARIOS if n.endswith("-sequential"))
+        raise ValueError(f"scenario {scenario!r} has no sequence of requests; scenarios with one: {with_sequence}")
+    steps = len(first.sequence)
+    bar = tqdm(total=len(seeds) * steps * (3 + len(instances)), desc=f"sequence {scenario}", disable=not progress)
+    rows: list[list[dict]] = [[] for _ in range(steps)]
+    for seed in seeds:
+        sc = first if seed == seeds[0] else build_scenario(scenario, seed, full, device).restricted(0, rounds)
+        deployed: dict[str, State] = {}
+        for k in range(steps):
+            forgotten = tuple(c for step in sc.sequence[: k + 1] for c in step)
+            row, deployed = _seed_row(sc.restricted(forget_clients=forgotten), instances, False, bar, deployed)
+            rows[k].append({**row, "forgotten": list(forgotten)})
+    bar.close()
+    return [Comparison(f"{scenario} #{k + 1}", list(seeds), full, [m.label for m in instances], rows[k], 0, rounds,
+                       first.config.as_dict(), False) for k in range(steps)]
+
+
+def _prepare(scenario, methods, seeds, full, num_clients, rounds, device):
     if not seeds:
         raise ValueError("give at least one seed")
     instances = resolve_methods(methods)
     first = build_scenario(scenario, seeds[0], full, device).restricted(num_clients, rounds)
     for method in instances:
         check_granularity(method, first.request)
-    per_seed = []
-    bar = tqdm(total=len(seeds) * (3 + len(instances)), desc=f"compare {scenario}", disable=not progress)
-    for seed in seeds:
-        sc = first if seed == seeds[0] else build_scenario(scenario, seed, full, device).restricted(num_clients, rounds)
-        runs = {every: cache.trained_federation(sc, every) for every in
-                dict.fromkeys([sc.config.record_every] + [m.history_interval() or sc.config.record_every
-                                                          for m in instances if not m.owns_training])}
-        base = runs[sc.config.record_every]
-        bar.update()
-        oracle_state, oracle_cost = cache.retrained_oracle(sc, base)
-        oracle_time = run_method(Retrain(), base, sc.request).cost.wall_time_s if timing else float("nan")
-        oracle_evaluation = cache.evaluation(sc, oracle_state, base.model)
+    return instances, first
 
-        def judged(evaluation):  # metrics, with those relative to θ_r of this seed
-            return {**evaluation.metrics, **relative_to_oracle(evaluation, oracle_evaluation)}
 
-        oracle = judged(oracle_evaluation)
+def _seed_row(sc, instances: list[UnlearningMethod], timing: bool, bar,
+              deployed: dict[str, State] | None = None) -> tuple[dict, dict[str, State]]:
+    """One seed of a comparison: θ_o, θ_r, the second oracle and every method, evaluated and judged.
+
+    ``deployed`` maps a method label to the model it serves now (a sequence of requests); the
+    returned dict maps each label to the model it serves after this request."""
+    runs = {every: cache.trained_federation(sc, every) for every in
+            dict.fromkeys([sc.config.record_every] + [m.history_interval() or sc.config.record_every
+                                                      for m in instances if not m.owns_training])}
+    base = runs[sc.config.record_every]
+    bar.update()
+    oracle_state, oracle_cost = cache.retrained_oracle(sc, base)
+    oracle_time = run_method(Retrain(), base, sc.request).cost.wall_time_s if timing else float("nan")
+    oracle_evaluation = cache.evaluation(sc, oracle_state, base.model)
+
+    def judged(evaluation):  # metrics, with those relative to θ_r of this seed
+        return {**evaluation.metrics, **relative_to_oracle(evaluation, oracle_evaluation)}
+
+    oracle = judged(oracle_evaluation)
+    bar.update()
+    second = judged(cache.evaluation(sc, cache.retrained_oracle(sc, base, second_seed=True)[0], base.model))
+    bar.update()
+    row = {"seed": sc.seed, "oracle": oracle, "oracle_second_seed": second,
+           "original": judged(cache.evaluation(sc, base.final_state, base.model)),
+           "oracle_cost": oracle_cost.as_dict(), "methods": {}}
+    model_bytes = state_bytes(base.final_state)
+    served = {}
+    for method in instances:
+        run = (cache.trained_federation(sc, method=method) if method.owns_training
+               else runs[method.history_interval() or sc.config.record_every])
+        if deployed and method.label in deployed and method.sequential_start == "deployed":
+            run = replace(run, final_state=deployed[method.label])
+        result = run_method(method, run, sc.request)
+        served[method.label] = result.state
+        values = judged(assess(sc, result.state, run.model))
+        cost = result.cost
+        row["methods"][method.label] = {
+            "metrics": values, "gaps": gaps_to_oracle(values, oracle), "cost": cost.as_dict(),
+            "rho_steps": _ratio(cost.client_steps, oracle_cost.client_steps),
+            "rho_comm": _ratio(cost.bytes_communicated, oracle_cost.bytes_communicated),
+            "rho_time": _ratio(cost.wall_time_s, oracle_time),
+            "history_storage_models": run.history.storage_bytes() / model_bytes,
+            **({"trained_metrics": evaluate(sc, run.final_state, run.model)} if method.owns_training else {}),
+        }
         bar.update()
-        second = judged(cache.evaluation(sc, cache.retrained_oracle(sc, base, second_seed=True)[0], base.model))
-        bar.update()
-        row = {"seed": seed, "oracle": oracle, "oracle_second_seed": second,
-               "original": judged(cache.evaluation(sc, base.final_state, base.model)),
-               "oracle_cost": oracle_cost.as_dict(), "methods": {}}
-        model_bytes = state_bytes(base.final_state)
-        for method in instances:
-            run = (cache.trained_federation(sc, method=method) if method.owns_training
-                   else runs[method.history_interval() or sc.config.record_every])
-            result = run_method(method, run, sc.request)
-            values = judged(assess(sc, result.state, run.model))
-            cost = result.cost
-            row["methods"][method.label] = {
-                "metrics": values, "gaps": gaps_to_oracle(values, oracle), "cost": cost.as_dict(),
-                "rho_steps": _ratio(cost.client_steps, oracle_cost.client_steps),
-                "rho_comm": _ratio(cost.bytes_communicated, oracle_cost.bytes_communicated),
-                "rho_time": _ratio(cost.wall_time_s, oracle_time),
-                "history_storage_models": run.history.storage_bytes() / model_bytes,
-                **({"trained_metrics": evaluate(sc, run.final_state, run.model)} if method.owns_training else {}),
-            }
-            bar.update()
-        per_seed.append(row)
-    bar.close()
-    return Comparison(scenario, list(seeds), full, [m.label for m in instances], per_seed, num_clients, rounds,
-                      first.config.as_dict(), timing)
+    return row, served

@@ -3,11 +3,14 @@
 | name | data | federation | request |
 |---|---|---|---|
 | ``digits-backdoor`` | digits (MNIST stand-in) | 10 clients, IID; client 0 adds triggered copies labelled 0 | forget client 0 |
+| ``digits-backdoor-paper`` | digits | FedEraser's regime: 20 clients, 10 local epochs, batch 64, momentum 0.9 | forget client 0 |
 | ``digits-poisoned`` | digits | 10 clients, IID, 40 rounds; clients 0 and 1 backdoored (20% malicious) | forget clients 0 and 1 |
+| ``digits-poisoned-trimmed`` | digits | the same, trained with trimmed-mean aggregation (one update cut at each end) | forget clients 0 and 1 |
 | ``digits-client`` | digits, small clients | 10 clients, many local epochs (memorisation regime) | forget honest client 0 |
 | ``digits-class`` | digits | 10 clients, IID | forget class 3 |
 | ``profiles-client`` | fictitious people, tiny LM + LoRA | clients by owner | forget client 0 |
 | ``profiles-person`` | same | same | forget one person's records (incl. canary) |
+| ``profiles-sequential`` | same, 8 clients of 3 people | same | forget clients 0, 1, 2, 3 one request after another |
 
 Every scenario is a pure function of its seed (partition, poisoned rows, initialisation, client
 sampling, data order). ``full=True`` selects a larger configuration. Models live on ``device``
@@ -61,6 +64,8 @@ class Scenario:
             pretrained on (general knowledge that unlearning should not damage).
         people: Language scenarios: person id -> profile (federated, unseen, validation, public).
         distractors: Language scenarios: people whose values are the wrong answers of the truth ratio.
+        sequence: Clients forgotten one request after another (the sequential-requests scenario;
+            empty elsewhere); the scenario's own request is the first step.
         server_inputs: Unlabeled inputs the server holds (no labels, disjoint from ``test``), for
             methods that repair a model on the server (e.g. knowledge distillation).
         full: Whether this is the larger configuration.
@@ -83,6 +88,7 @@ class Scenario:
     distractors: list[Profile] = field(default_factory=list)
     server_inputs: dict[str, torch.Tensor] | None = None
     full: bool = False
+    sequence: tuple[tuple[int, ...], ...] = ()
 
     def pool(self, model: nn.Module | None = None) -> InProcessPool:
         """The scenario's clients as an in-process pool (the embedded engine)."""
@@ -219,10 +225,41 @@ def digits_backdoor(seed: int = 0, full: bool = False, device: str | None = None
     return _digits("digits-backdoor", seed, full, device or default_device(), backdoor=True, request=ForgetRequest.forget_clients(0))
 
 
+# --- digits-backdoor-paper (FedEraser entry, issue 10) --------------------------------------
+#: FedEraser's regime on digits: the paper's 20 clients; the released code's 10 local epochs,
+#: batch 64, SGD momentum 0.9 and 20 rounds. The learning rate stays the digits one (0.1): the
+#: code's 0.005 is for an MNIST CNN and leaves the digits MLP at about 0.8 test accuracy.
+DIGITS_PAPER_CONFIG = FederationConfig(rounds=20, local_epochs=10, batch_size=64, lr=0.1, momentum=0.9)
+
+
+def digits_backdoor_paper(seed: int = 0, full: bool = False, device: str | None = None) -> Scenario:
+    """``digits-backdoor`` in FedEraser's regime (``DIGITS_PAPER_CONFIG``, 20 clients); forget client 0."""
+    return _digits("digits-backdoor-paper", seed, full, device or default_device(), backdoor=True, num_clients=20,
+                   config=DIGITS_PAPER_CONFIG, request=ForgetRequest.forget_clients(0))
+# --- end digits-backdoor-paper ---------------------------------------------------------------
+
+
 def digits_poisoned(seed: int = 0, full: bool = False, device: str | None = None) -> Scenario:
     """Clients 0 and 1 (20% of 10) plant the backdoor; 40 rounds; forget both (FedRecover's setting)."""
     return _digits("digits-poisoned", seed, full, device or default_device(), backdoor=True, backdoor_clients=(0, 1),
                    config=replace(DIGITS_CONFIG, rounds=40), request=ForgetRequest.forget_clients(0, 1))
+
+
+# --- digits-poisoned-trimmed (FedRecover entry, issue 10) ------------------------------------
+#: Trimmed-mean share cut at each end in ``digits-poisoned-trimmed``: one update of the 10 in
+#: training and one of the 8 retained in recovery or retraining (floor(0.15 K)). Fewer than the 2
+#: malicious clients, so that, as in FedRecover's Trimmed-mean example (poisoned ASR 1.00), the
+#: rule alone does not remove the backdoor; cutting 2 of 10 removes most of it here.
+POISONED_TRIM_FRACTION = 0.15
+
+
+def digits_poisoned_trimmed(seed: int = 0, full: bool = False, device: str | None = None) -> Scenario:
+    """``digits-poisoned`` trained with coordinate-wise trimmed-mean aggregation (FedRecover's
+    headline rule), cutting ``POISONED_TRIM_FRACTION`` of the updates at each end."""
+    config = replace(DIGITS_CONFIG, rounds=40, aggregation="trimmed-mean", trim_fraction=POISONED_TRIM_FRACTION)
+    return _digits("digits-poisoned-trimmed", seed, full, device or default_device(), backdoor=True,
+                   backdoor_clients=(0, 1), config=config, request=ForgetRequest.forget_clients(0, 1))
+# --- end digits-poisoned-trimmed -------------------------------------------------------------
 
 
 def digits_client(seed: int = 0, full: bool = False, device: str | None = None) -> Scenario:
@@ -237,9 +274,11 @@ def digits_class(seed: int = 0, full: bool = False, device: str | None = None) -
     return _digits("digits-class", seed, full, device or default_device(), request=ForgetRequest.forget_class(3))
 
 
-def _profiles(name: str, seed: int, full: bool, person: bool, device: str) -> Scenario:
+def _profiles(name: str, seed: int, full: bool, person: bool, device: str, num_clients: int = 4,
+              people_per_client: int = 5, sequence: tuple[tuple[int, ...], ...] = ()) -> Scenario:
     task = LoraCausalLMTask(init_seed=seed, device=device)
-    federation = profile_clients(task, seed=seed) if not full else profile_clients(task, seed=seed, people_per_client=20)
+    federation = profile_clients(task, num_clients=num_clients, seed=seed,
+                                 people_per_client=people_per_client * (4 if full else 1))
     if person:
         owner = federation.client_people[0][0]
         request = ForgetRequest.forget_records(r.record_id for r in federation.records.values() if r.owner_id == owner)
@@ -255,7 +294,7 @@ def _profiles(name: str, seed: int, full: bool, person: bool, device: str) -> Sc
         public_records=[r for p in public for r in qa_records(p)],
         people={**federation.people, **{p.person_id: p for p in public}},
         distractors=make_profiles(DISTRACTOR_PEOPLE, seed=seed + 4242, first_id=3_000_000),
-        server_inputs=question_inputs(task, people=40, seed=seed + 1234), full=full,
+        server_inputs=question_inputs(task, people=40, seed=seed + 1234), full=full, sequence=sequence,
     )
 
 
@@ -269,13 +308,23 @@ def profiles_person(seed: int = 0, full: bool = False, device: str | None = None
     return _profiles("profiles-person", seed, full, True, device or default_device())
 
 
+def profiles_sequential(seed: int = 0, full: bool = False, device: str | None = None) -> Scenario:
+    """Eight clients of three people each; clients 0, 1, 2 and 3 ask to be forgotten one after
+    another (MUSE's sustainability criterion); the first request forgets client 0."""
+    return _profiles("profiles-sequential", seed, full, False, device or default_device(), num_clients=8,
+                     people_per_client=3, sequence=((0,), (1,), (2,), (3,)))
+
+
 SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "digits-backdoor": digits_backdoor,
+    "digits-backdoor-paper": digits_backdoor_paper,  # FedEraser entry (issue 10)
     "digits-poisoned": digits_poisoned,
+    "digits-poisoned-trimmed": digits_poisoned_trimmed,  # FedRecover entry (issue 10)
     "digits-client": digits_client,
     "digits-class": digits_class,
     "profiles-client": profiles_client,
     "profiles-person": profiles_person,
+    "profiles-sequential": profiles_sequential,
 }
 
 
