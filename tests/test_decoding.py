@@ -76,7 +76,7 @@ def test_exact_secret_scores_equal_scoring_each_candidate(lm):
     prompt = "Q: What is the secret code of Ada Lovelace?\nA: "
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     for digits in (1, 2, 3):
-        fast = secret_logprobs(model, tokenizer, prompt, digits, batch_size=37)
+        fast = secret_logprobs(model, tokenizer, prompt, digits)
         torch.testing.assert_close(fast, _secret_logprobs_by_sequence(model, tokenizer, ids, digits, 64),
                                    atol=1e-4, rtol=0)
     every = secret_logprobs(model, tokenizer, prompt, 4)

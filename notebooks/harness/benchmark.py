@@ -41,7 +41,7 @@ torch.set_num_threads(1)
 FULL = os.environ.get("FULL") == "1"
 SEEDS = [0, 1, 2] if FULL else [0]
 #: Methods of the sequential-requests section at smoke size (FULL=1 runs every one).
-SEQUENCE_SMOKE = ("do-nothing", "continue-fedavg", "kd")
+SEQUENCE_SMOKE = ("do-nothing", "continue-fedavg")
 
 
 def methods_for(scenario_name):

@@ -14,7 +14,6 @@ for the exact canary exposure over all $10^d$ candidates (Carlini et al. 2019).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -132,12 +131,13 @@ def digit_tokens(tokenizer) -> list[int] | None:
 
 
 @torch.no_grad()
-def secret_logprobs(model: nn.Module, tokenizer, prompt: str, digits: int, batch_size: int = 1000) -> torch.Tensor:
+def secret_logprobs(model: nn.Module, tokenizer, prompt: str, digits: int) -> torch.Tensor:
     r"""$\log p(s \mid \text{prompt})$ for every $d$-digit secret $s$, index = the secret's value.
 
-    With a digit-by-digit tokenizer the prompt runs once; its key-value cache is shared by all
-    $10^{d-1}$ prefixes of $d-1$ digits, one forward pass of those prefixes gives the last digit's
-    distribution. Other tokenizers score every candidate as its own sequence (same result, slower).
+    With a digit-by-digit tokenizer the prompt runs once and the secrets grow one digit per level:
+    level $i$ feeds the $10^i$ prefixes of $i$ digits, each a single new token on the key-value
+    cache of its parent prefix, so scoring all $10^d$ secrets costs $\sum_{i<d} 10^i$ token
+    positions. Other tokenizers score every candidate as its own sequence (same result, slower).
 
     Returns:
         A tensor of $10^d$ log-probabilities (the end token after the secret is not included: all
@@ -148,25 +148,21 @@ def secret_logprobs(model: nn.Module, tokenizer, prompt: str, digits: int, batch
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     table = digit_tokens(tokenizer)
     if table is None:
-        return _secret_logprobs_by_sequence(model, tokenizer, ids, digits, batch_size)
-    prompt_ids = torch.tensor([ids], device=device)
-    first = torch.log_softmax(model(input_ids=prompt_ids).logits[0, -1].float(), -1)[table].cpu()
-    if digits == 1:
-        return first
-    prefixes = torch.tensor(list(itertools.product(range(10), repeat=digits - 1)))  # [10^(d-1), d-1]
-    tokens = torch.tensor(table)[prefixes]
-    scores = []
-    for start in range(0, len(tokens), batch_size):
-        chunk = tokens[start : start + batch_size].to(device)
-        cache = model(input_ids=prompt_ids, use_cache=True).cache  # the prompt's keys and values,
-        cache.batch_repeat_interleave(len(chunk))  # shared by every prefix of the chunk
-        positions = torch.arange(len(ids), len(ids) + digits - 1, device=device).expand(len(chunk), -1)
-        logits = model(input_ids=chunk, cache=cache, position_ids=positions, use_cache=True).logits.float()
-        logp = torch.log_softmax(logits, -1)[..., table].cpu()  # [b, d-1, 10]: digit i+1 given digits <= i
-        given = prefixes[start : start + batch_size]
-        inner = first[given[:, 0]] + sum(logp[torch.arange(len(given)), i, given[:, i + 1]] for i in range(digits - 2))
-        scores.append(inner[:, None] + logp[:, -1, :])
-    return torch.cat(scores).reshape(-1)
+        return _secret_logprobs_by_sequence(model, tokenizer, ids, digits, 1000)
+    digit_ids = torch.tensor(table, device=device)
+    result = model(input_ids=torch.tensor([ids], device=device), use_cache=True)
+    scores = torch.zeros(1)  # log-probability of each prefix so far, prefixes in numeric order
+    for level in range(digits):
+        step = torch.log_softmax(result.logits[:, -1].float(), -1)[:, table].cpu()  # [10^level, 10]
+        scores = (scores[:, None] + step).reshape(-1)  # prefix p followed by digit v -> index 10 p + v
+        if level + 1 == digits:
+            break
+        cache = result.cache
+        cache.batch_repeat_interleave(10)  # each prefix's cache, once per next digit
+        tokens = digit_ids.repeat(10**level)[:, None]
+        positions = torch.full((len(tokens), 1), len(ids) + level, device=device)
+        result = model(input_ids=tokens, cache=cache, position_ids=positions, use_cache=True)
+    return scores
 
 
 def _secret_logprobs_by_sequence(model: nn.Module, tokenizer, prompt_ids: list[int], digits: int,

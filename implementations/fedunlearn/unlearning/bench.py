@@ -78,16 +78,23 @@ def sequence_plot(steps: list[Comparison], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     metrics = [m for m in SEQUENCE_METRICS if m in steps[0].aggregate["oracle"]]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+    columns = 3
+    rows = -(-(len(metrics) + 1) // columns)  # one more cell for the legend
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.8 * rows), squeeze=False)
+    cells = axes.reshape(-1)
     x = list(range(1, len(steps) + 1))
-    for ax, metric in zip(axes[0], metrics):
-        ax.plot(x, [c.value("retrain", metric) for c in steps], "k--", label="θ_r")
+    for ax, metric in zip(cells, metrics):
+        ax.plot(x, [c.value("retrain", metric) for c in steps], "k--", label="θ_r (retrain)")
         for label in steps[0].methods:
             ax.plot(x, [c.value(label, metric) for c in steps], marker="o", markersize=3, label=label)
         ax.set_title(metric, fontsize=9)
-        ax.set_xlabel("request")
+        ax.set_xlabel("request", fontsize=8)
         ax.set_xticks(x)
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        ax.tick_params(labelsize=8)
+    handles, labels = cells[0].get_legend_handles_labels()
+    for ax in cells[len(metrics):]:
+        ax.axis("off")
+    cells[len(metrics)].legend(handles, labels, fontsize=8, loc="center")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120, bbox_inches="tight")

@@ -30,7 +30,7 @@ from fedunlearn.federated.task import State
 from fedunlearn.unlearning import cache
 from fedunlearn.unlearning.base import UnlearningMethod, check_granularity, run_method
 from fedunlearn.unlearning.controls import Retrain
-from fedunlearn.unlearning.evaluate import assess, evaluate, gaps_to_oracle, relative_to_oracle
+from fedunlearn.unlearning.evaluate import evaluate, gaps_to_oracle, relative_to_oracle
 from fedunlearn.unlearning.registry import MethodSettingError, get_method
 from fedunlearn.unlearning.scenarios import SCENARIOS, build_scenario
 
@@ -371,7 +371,7 @@ def _seed_row(sc, instances: list[UnlearningMethod], timing: bool, bar,
             run = replace(run, final_state=deployed[method.label])
         result = run_method(method, run, sc.request)
         served[method.label] = result.state
-        values = judged(assess(sc, result.state, run.model))
+        values = judged(cache.evaluation(sc, result.state, run.model))  # methods are deterministic: same state, same row
         cost = result.cost
         row["methods"][method.label] = {
             "metrics": values, "gaps": gaps_to_oracle(values, oracle), "cost": cost.as_dict(),
