@@ -117,11 +117,15 @@ def execute_all(sources: Sequence[Path], workers: int | None = None,
     plans = [(source, root / f"{source.stem}-{inputs_digest(source, package)}") for source in sources]
     todo = [(s, d) for s, d in plans if not (d / "executed.ipynb").is_file()]
     timings_file = root / "durations.json"
-    try:
-        last = json.loads(timings_file.read_text())
-    except (OSError, json.JSONDecodeError):
-        last = {}
-    # longest first (as last measured; unknown ones first of all), so parallel workers finish together
+    last = {}
+    # as last measured here, else as measured when the notebooks were committed (a fresh clone)
+    for known in (timings_file, *(s.parent.parent / "durations.json" for s in sources[:1])):
+        try:
+            last = json.loads(known.read_text())
+            break
+        except (OSError, json.JSONDecodeError):
+            continue
+    # longest first (unknown ones first of all), so parallel workers finish together
     todo.sort(key=lambda item: -last.get(item[0].stem, float("inf")))
     # one more than the cores: a notebook waiting for a federation another one is training idles
     workers = max(1, min(workers or (os.cpu_count() or 1) + 1, len(todo) or 1))

@@ -32,16 +32,14 @@ from pathlib import Path
 import torch
 from IPython.display import Image, Markdown, display
 
-from fedunlearn.unlearning.bench import pareto_plot, sequence_plot
-from fedunlearn.unlearning.compare import LM_HEADLINE_METRICS, compare, compare_sequential
+from fedunlearn.unlearning.bench import pareto_plot
+from fedunlearn.unlearning.compare import LM_HEADLINE_METRICS, compare
 from fedunlearn.unlearning.registry import available_methods
 from fedunlearn.unlearning.scenarios import LM_SMOKE, build_scenario
 
 torch.set_num_threads(1)
 FULL = os.environ.get("FULL") == "1"
 SEEDS = [0, 1, 2] if FULL else [0]
-#: Methods of the sequential-requests section at smoke size (FULL=1 runs every one).
-SEQUENCE_SMOKE = ("do-nothing", "continue-fedavg")
 
 
 def methods_for(scenario_name):
@@ -87,24 +85,8 @@ display(Markdown(language.table([*LM_HEADLINE_METRICS, "forget_ma", "unseen_ma",
                                  "mia_auc_loss", "forget_logprob", "retain_logprob"])))
 
 # %% [markdown]
-# ## Sequential requests (`profiles-sequential`)
-#
-# MUSE's sustainability criterion: eight clients of three people; clients 0, 1, 2 and 3 ask to be
-# forgotten one after another. Each request is judged against θ_r retrained without every client
-# forgotten so far; a method starts each request from the model it served after the previous one
-# (see [Evaluating unlearning](../../evaluating.md#language-model-metrics)). The panels follow the
-# main metrics per request, θ_r dashed.
-
-# %%
-sequence_methods = [m for m in methods_for("profiles-sequential") if FULL or m in SEQUENCE_SMOKE]
-steps = compare_sequential("profiles-sequential", sequence_methods, seeds=SEEDS, full=FULL, progress=False,
-                           **({} if FULL else LM_SMOKE))
-sequence_path = Path(tempfile.mkdtemp()) / "profiles-sequential.png"
-display(Image(str(sequence_plot(steps, sequence_path))))
-columns = list(LM_HEADLINE_METRICS)
-for k, step in enumerate(steps):
-    display(Markdown(f"**Request {k + 1}** (clients {step.per_seed[0]['forgotten']} forgotten)\n\n"
-                     + step.table(metrics=columns)))
+# The sequential-requests scenario (MUSE's sustainability criterion) has its own page:
+# [Sequential requests](sequential-requests.ipynb).
 
 # %% [markdown]
 # ## What not to conclude

@@ -1,0 +1,77 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Sequential requests: forgetting one client after another
+#
+# MUSE's sixth criterion (sustainability; Shi et al. 2025) asks whether a method keeps working when
+# requests arrive one after another. This page is computed when the site is built, by the same
+# engine as `fedunlearn bench --scenario profiles-sequential` (see
+# [Evaluating unlearning](../../evaluating.md#language-model-metrics) for every metric). Smoke size:
+# one seed, the first 6 rounds of federated training, the two controls; `FULL=1` runs three seeds,
+# the scenario's 15 rounds and every method that serves client requests.
+
+# %%
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from IPython.display import Image, Markdown, display
+
+from fedunlearn.unlearning.bench import sequence_plot
+from fedunlearn.unlearning.compare import LM_HEADLINE_METRICS, compare_sequential
+from fedunlearn.unlearning.registry import available_methods
+from fedunlearn.unlearning.scenarios import LM_SMOKE, build_scenario
+
+torch.set_num_threads(1)
+FULL = os.environ.get("FULL") == "1"
+SEEDS = [0, 1, 2] if FULL else [0]
+#: Methods at smoke size (FULL=1 runs every one that serves client requests).
+SEQUENCE_SMOKE = ("do-nothing", "continue-fedavg")
+
+
+def methods_for(scenario_name):
+    """Every registered method that serves the scenario's request granularity (not the oracle)."""
+    kind = build_scenario(scenario_name, 0).request.kind
+    return [name for name, cls in available_methods().items() if name != "retrain" and kind in cls.granularities]
+
+
+# %% [markdown]
+# ## The scenario
+#
+# `profiles-sequential`: eight clients of three people; clients 0, 1, 2 and 3 ask to be forgotten one after another.
+# Each request is judged against θ_r retrained without every client forgotten so far, with the cost
+# of that step alone. A method starts each request from the model it served after the previous one;
+# methods that subtract from or measure against θ_o start from θ_o with the cumulative request. The
+# panels follow the main metrics per request, θ_r dashed.
+
+# %%
+sequence_methods = [m for m in methods_for("profiles-sequential") if FULL or m in SEQUENCE_SMOKE]
+steps = compare_sequential("profiles-sequential", sequence_methods, seeds=SEEDS, full=FULL, progress=False,
+                           **({} if FULL else LM_SMOKE))
+sequence_path = Path(tempfile.mkdtemp()) / "profiles-sequential.png"
+display(Image(str(sequence_plot(steps, sequence_path))))
+columns = list(LM_HEADLINE_METRICS)
+for k, step in enumerate(steps):
+    display(Markdown(f"**Request {k + 1}** (clients {step.per_seed[0]['forgotten']} forgotten)\n\n"
+                     + step.table(metrics=columns)))
+
+# %% [markdown]
+# ## What not to conclude
+#
+# - One smoke seed gives no spread, and the controls only show that the metrics track the growing
+#   request; run `FULL=1` (or `fedunlearn bench --scenario profiles-sequential --methods all --seeds 3`)
+#   to compare methods.
+# - A method marked "starts from θ_o" keeps θ_o and its history after serving a request; its good
+#   numbers here rest on a server that still holds the forgotten clients' contributions.
