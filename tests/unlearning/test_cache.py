@@ -20,18 +20,23 @@ def scenario(tmp_path, monkeypatch):
     return build_scenario("digits-backdoor", seed=0).restricted(num_clients=3, rounds=2)
 
 
-@pytest.fixture
-def trainings(monkeypatch):
-    """Counts calls of train_federation made by the cache."""
+def count_calls(monkeypatch, name: str) -> list:
+    """Replace ``cache.<name>`` by a wrapper that records each call; returns the record."""
     calls = []
-    original = cache.train_federation
+    original = getattr(cache, name)
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(cache, "train_federation", counting)
+    monkeypatch.setattr(cache, name, counting)
     return calls
+
+
+@pytest.fixture
+def trainings(monkeypatch):
+    """Counts calls of train_federation made by the cache."""
+    return count_calls(monkeypatch, "train_federation")
 
 
 def same(a: dict, b: dict) -> bool:
@@ -125,14 +130,7 @@ def test_the_cache_can_be_switched_off(scenario, trainings, monkeypatch):
 
 def test_an_evaluation_is_computed_once_per_state_and_code(scenario, monkeypatch):
     run = cache.trained_federation(scenario)
-    calls = []
-    original = cache.assess
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(cache, "assess", counting)
+    calls = count_calls(monkeypatch, "assess")
     first = cache.evaluation(scenario, run.final_state, run.model)
     again = cache.evaluation(scenario, run.final_state, run.model)
     assert first == again and len(calls) == 1

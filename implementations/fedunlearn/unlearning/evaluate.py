@@ -132,8 +132,10 @@ def _normalised(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def _membership_scores(model: nn.Module, scenario: Scenario, records: list[QARecord]) -> dict[str, torch.Tensor]:
     tensors = scenario.task.encode(records)
-    logprobs, _, mask = teacher_forced(model, tensors, BATCH)
+    # one pass scores every token; the answer tokens are a subset of them (same logits, same targets)
     whole, _, whole_mask = teacher_forced(model, _full_sequence_labels(tensors), BATCH)
+    mask = tensors["labels"][:, 1:] != -100
+    logprobs = whole * mask
     return {"loss": _normalised(logprobs, mask),
             "zlib": metrics.zlib_scores(-_normalised(whole, whole_mask), [r.prompt + r.answer for r in records]),
             "mink": metrics.min_k_scores(logprobs, mask)}
