@@ -202,10 +202,17 @@ def test_rounds_to_stop_and_the_tuning_score_by_hand() -> None:
     assert best_lr({0.1: (10, 0.1), 0.3: (10, 0.1)}) == 0.1
 
 
-def _fake_comparison(margins: list[tuple[float, float]], band: float = 0.5):
-    """Per seed (method's margin, θ_r's margin): the fields backdoor_suppressed reads."""
-    rows = [{"methods": {"m": {"metrics": {"trigger_margin": m}}}, "oracle": {"trigger_margin": r}} for m, r in margins]
-    return type("Fake", (), {"per_seed": rows, "aggregate": {"band": {"trigger_margin": band}}})()
+def _fake_comparison(margins: list[tuple[float, float]]) -> Comparison:
+    """Per seed (method's margin, θ_r's margin); both oracles agree, so the band is the trigger
+    margin's tolerance, 0.5."""
+    rows = [{"seed": seed, "oracle": {"trigger_margin": r}, "oracle_second_seed": {"trigger_margin": r},
+             "original": {"trigger_margin": 5.0},
+             "methods": {"m": {"metrics": {"trigger_margin": m}, "gaps": {"trigger_margin": m - r},
+                               **{f"rho_{k}": 0.0 for k in ("steps", "comm", "time")}}}}
+            for seed, (m, r) in enumerate(margins)]
+    comparison = Comparison("digits-backdoor", list(range(len(rows))), False, ["m"], rows)
+    assert comparison.aggregate["band"]["trigger_margin"] == 0.5
+    return comparison
 
 
 def test_backdoor_suppressed_is_one_sided_and_holds_at_every_seed() -> None:

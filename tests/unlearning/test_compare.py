@@ -212,3 +212,17 @@ def test_a_sequence_chains_deployed_models_and_judges_each_request(monkeypatch):
     first = get_method("continue-fedavg", rounds=1).unlearn(run, ForgetRequest.forget_clients(0), CostCounter())
     chained = get_method("continue-fedavg", rounds=1).unlearn(replace(run, final_state=first), sc.request, CostCounter())
     assert steps[1].value("continue-fedavg[rounds=1]", "test_acc") == evaluate(sc, chained, run.model)["test_acc"]
+
+
+def test_not_above_retrain_is_one_sided_and_holds_at_every_seed():
+    def row(seed, oracle, second, method):
+        return {"seed": seed, "oracle": {"m": oracle}, "oracle_second_seed": {"m": second}, "original": {"m": 5.0},
+                "methods": {"x": {"metrics": {"m": method}, "gaps": {"m": method - oracle},
+                                  **{f"rho_{k}": 0.0 for k in ("steps", "comm", "time")}}}}
+
+    # band = max(tolerance 0, 2 sigma_r), sigma_r^2 = mean over seeds of (diff^2 / 2) = 0.5: band sqrt(2)
+    below = Comparison("s", [0, 1], False, ["x"], [row(0, 1.0, 0.0, -3.0), row(1, 1.0, 2.0, 2.4)])
+    assert below.aggregate["band"]["m"] == pytest.approx(2 ** 0.5)
+    assert below.not_above_retrain("x", "m")  # far below θ_r at seed 0 is no failure; +1.4 at seed 1 is within
+    above = Comparison("s", [0, 1], False, ["x"], [row(0, 1.0, 0.0, -3.0), row(1, 1.0, 2.0, 2.5)])
+    assert not above.not_above_retrain("x", "m")  # +1.5 at one seed is outside, although the median gap is -1

@@ -125,8 +125,7 @@ def forgets_like_retraining(cmp: Comparison, label: str) -> dict[str, bool]:
         ``forget_loss`` and ``forget_quality`` (the forgotten clean examples' mean loss and loss
         distribution, KS test, like $\theta_r$'s) and ``test_acc`` (utility like $\theta_r$'s).
     """
-    band = cmp.aggregate["band"]["trigger_margin"]
-    return {"trigger_margin": cmp.gap(label, "trigger_margin", "max") <= band,
+    return {"trigger_margin": cmp.not_above_retrain(label, "trigger_margin"),
             **{m: cmp.equivalent(label, m, every_seed=True) for m in ("forget_loss", "forget_quality", "test_acc")}}
 
 

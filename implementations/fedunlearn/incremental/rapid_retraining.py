@@ -324,9 +324,7 @@ def backdoor_suppressed(comparison: Comparison, label: str) -> bool:
     alone cannot. One-sided: exact retrainings with other optimisers land a few units on either
     side of $\theta_r$, and further below is not a failure to forget.
     """
-    band = comparison.aggregate["band"]["trigger_margin"]
-    return all(row["methods"][label]["metrics"]["trigger_margin"] <= row["oracle"]["trigger_margin"] + band
-               for row in comparison.per_seed)
+    return comparison.not_above_retrain(label, "trigger_margin")
 
 
 def rounds_to_band(curve: Sequence[Mapping[str, float]], reference: Mapping[str, float],

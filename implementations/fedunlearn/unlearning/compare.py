@@ -188,6 +188,12 @@ class Comparison:
         gaps = self.aggregate["methods"][label]["gaps"][metric]
         return max(abs(gaps["min"]), abs(gaps["max"])) <= self.aggregate["band"][metric]
 
+    def not_above_retrain(self, label: str, metric: str) -> bool:
+        r"""Whether, at every seed, the method's gap to $\theta_r$ is at most the retrain band: a
+        one-sided check, for a metric where landing below $\theta_r$ is no failure to forget (e.g.
+        a backdoor's trigger margin suppressed further than retraining does)."""
+        return self.gap(label, metric, "max") <= self.aggregate["band"][metric]
+
     def informative(self, metric: str) -> bool:
         r"""Whether $\theta_o$ lies outside the retrain band of the metric (otherwise the metric
         cannot show forgetting in this scenario)."""
