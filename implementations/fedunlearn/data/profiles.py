@@ -28,6 +28,9 @@ QUESTIONS: tuple[tuple[str, str, str], ...] = (
 )
 RECORDS_PER_PERSON = len(QUESTIONS)
 
+#: Birth years people are drawn from (uniform, both ends included).
+BIRTH_YEARS = (1940, 2005)
+
 #: Digits of a canary's secret code: $10^4$ candidates, few enough to rank them all.
 SECRET_DIGITS = 4
 
@@ -85,7 +88,7 @@ def make_profiles(count: int, seed: int, first_id: int = 0) -> list[Profile]:
         user = name.lower().replace(" ", ".").replace("'", "")
         people.append(Profile(
             person_id=first_id + offset, name=name, city=fake.city(),
-            birth_year=str(fake.random_int(1940, 2005)), occupation=fake.job().split(",")[0],
+            birth_year=str(fake.random_int(*BIRTH_YEARS)), occupation=fake.job().split(",")[0],
             email=f"{user}@{fake.free_email_domain()}", secret=f"{fake.random_int(0, 10**SECRET_DIGITS - 1):0{SECRET_DIGITS}d}",
         ))
     return people

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from fedunlearn.catalog import Entry, ReportedClaim
-from fedunlearn.data.profiles import SECRET_DIGITS, QARecord
+from fedunlearn.data.profiles import BIRTH_YEARS, SECRET_DIGITS, QARecord
 from fedunlearn.federated.lora_task import LoraCausalLMTask
 from fedunlearn.federated.requests import ForgetRequest
 from fedunlearn.models.decoding import greedy_continuations
@@ -68,8 +68,8 @@ MEMBER_MARGIN = 1.0
 #: 0, 1, 5, 6 and 7, and each model's score moves by about a tenth between seeds.
 TRANSFER_MARGIN = 0.2
 
-#: Birth years the profile generator draws from (``make_profiles``: uniform on 1940..2005).
-YEAR_RANGE = (1940, 2005)
+#: Birth years the profile generator draws from (``make_profiles``).
+YEAR_RANGE = BIRTH_YEARS
 
 
 def _faker_vocabulary() -> tuple[tuple[str, ...], tuple[str, ...], frozenset[str], frozenset[str], frozenset[str]]:
