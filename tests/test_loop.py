@@ -307,6 +307,26 @@ def test_pool_evaluate_is_the_sample_weighted_mean_loss(task, init_state) -> Non
     assert counter.bytes_down == 3 * 60 and counter.client_steps == 0
 
 
+def test_pool_measure_returns_each_clients_sums_and_counts_its_bytes(task, init_state) -> None:
+    from fedunlearn.federated.measures import MEASURES, register_measure
+
+    if "test-label-sum" not in MEASURES.names():
+        @register_measure("test-label-sum", uses_model=False)
+        def label_sum(task, model, state, batch):
+            return {"labels": batch["y"].sum().double(), "twice": 2 * batch["y"].double().sum().expand(3)}
+    clients, counter = make_clients(), CostCounter()
+    replies = InProcessPool(task, clients).measure(init_state, [2, 0], LocalPlan(), "test-label-sum", counter)
+    assert list(replies) == [2, 0]
+    for cid in (0, 2):
+        sums, n = replies[cid]
+        assert n == clients[cid].num_samples
+        assert float(sums["labels"]) == float(clients[cid].tensors["y"].sum())
+        assert sums["twice"].tolist() == [2 * float(clients[cid].tensors["y"].sum())] * 3
+    assert counter.bytes_down == 2 * 60 and counter.bytes_up == 2 * (8 + 3 * 8)
+    with pytest.raises(KeyError, match="unknown measure 'no-such-measure'"):
+        InProcessPool(task, clients).measure(init_state, [0], LocalPlan(), "no-such-measure", counter)
+
+
 def test_the_aggregation_rule_comes_from_the_config(task, init_state) -> None:
     config = FederationConfig(rounds=1, batch_size=4, aggregation="median")
     history = TrainingHistory(init_state)

@@ -65,6 +65,15 @@ def test_taxonomy_has_every_family_and_escapes_cells() -> None:
     assert text.count("*No entry in this family yet.*") == len(catalog.FAMILIES) - 1
 
 
+def test_a_family_links_its_side_by_side_page_only_when_it_exists() -> None:
+    side_by_side = sitegen.family_notebook("incremental")
+    assert side_by_side == "notebooks/harness/incremental-family.ipynb"
+    without = sitegen.taxonomy_markdown([ENTRY], {PAGE, "bibliography.md"})
+    assert "its own page" not in without
+    with_page = sitegen.taxonomy_markdown([ENTRY], {PAGE, "bibliography.md", side_by_side})
+    assert "[its own page](notebooks/harness/incremental-family.ipynb)" in with_page
+
+
 def test_bibliography_anchors_every_key() -> None:
     library = references.load_library()
     text = sitegen.bibliography_markdown(library, [ENTRY], {PAGE})

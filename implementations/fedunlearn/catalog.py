@@ -200,6 +200,20 @@ def entries() -> list[Entry]:
     return discover(strict=True)[0]
 
 
+def family_controls() -> dict[str, tuple[str, ...]]:
+    """Family -> methods registered by a family module that declares no ``ENTRY``: a family's
+    control, run beside its entries (e.g. the perturbation family's negated update)."""
+    implementations = {entry.implementation for entry in entries()}
+    out: dict[str, tuple[str, ...]] = {}
+    for family in FAMILIES:
+        prefix = f"fedunlearn.{family}."
+        names = tuple(name for name, cls in METHODS.items()
+                      if cls.__module__.startswith(prefix) and cls.__module__ not in implementations)
+        if names:
+            out[family] = names
+    return out
+
+
 def get(slug: str) -> Entry:
     """The entry with this slug.
 

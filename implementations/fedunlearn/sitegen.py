@@ -104,6 +104,11 @@ def notebook_download(source: str) -> str:
 BENCHMARK_NOTEBOOK = notebook_page("notebooks/harness/benchmark.py")
 
 
+def family_notebook(family: str) -> str:
+    """The page of the notebook that compares a family's methods side by side (it may not exist)."""
+    return notebook_page(f"notebooks/harness/{family}-family.py")
+
+
 def taxonomy_markdown(entries: list[Entry], existing: Collection[str]) -> str:
     """The taxonomy page: every family, its description and a table of its entries."""
     page = TAXONOMY_PAGE
@@ -149,7 +154,16 @@ def taxonomy_markdown(entries: list[Entry], existing: Collection[str]) -> str:
                 + " |"
             )
         lines.append("")
-        if any(e.methods for e in members):
+        side_by_side = family_notebook(family)
+        if side_by_side in existing:
+            lines += [
+                f"The family's methods and its control are compared side by side, on digits and on the "
+                f"federated language model, on {link('its own page', side_by_side, page, existing)} "
+                "(tables and a utility-vs-forgetting plot with the retrain band, computed when the "
+                "site is built).",
+                "",
+            ]
+        elif any(e.methods for e in members):
             comparison = link("Benchmark", BENCHMARK_NOTEBOOK, page, existing)
             lines += [
                 f"The methods of this family are compared side by side against the retrain oracle "

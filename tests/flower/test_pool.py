@@ -138,6 +138,25 @@ def test_methods_through_the_flower_pool_equal_in_process(scenario, reference, n
         assert got.cost.client_steps > 0
 
 
+#: Perturbation methods in which the forgetting client itself works (its SuperNode must serve it).
+FORGETTING_CLIENT_METHODS = [
+    ("negated-update", {"recovery_rounds": 1}),  # the family's control: a negated ordinary update
+]
+
+
+@pytest.mark.parametrize("name, overrides", FORGETTING_CLIENT_METHODS)
+def test_methods_where_the_forgetting_client_works_equal_in_process(scenario, reference, name, overrides):
+    method = get_method(name, **overrides)
+    expected = run_method(method, reference, scenario.request)
+    pool = flower_pool()
+    flower_run = server_app.federation_from_history(scenario, reference.history, pool, method)
+    got = run_method(method, flower_run, scenario.request)
+    assert_same_state(got.state, expected.state)
+    assert got.cost.as_dict() | {"wall_time_s": 0} == expected.cost.as_dict() | {"wall_time_s": 0}
+    forgetting = [r for r in pool.log if r["kind"] == "train" and r["data"] == "forgotten"]
+    assert forgetting and all(r["participants"] == [0] for r in forgetting)
+
+
 def test_sample_counts_and_checks_ask_the_clients(scenario):
     pool, local = flower_pool(), InProcessPool(scenario.task, scenario.clients)
     for request in (ForgetRequest.forget_class(3), ForgetRequest.forget_clients(0)):
@@ -259,7 +278,10 @@ def test_client_imports_the_entries_only_for_a_name_it_does_not_know(monkeypatch
     assert calls == []
     client_app.ensure_registered({"objective.name": "mean-loss"}, {"optimizer": "no-such-optimiser"})
     client_app.ensure_registered({"objective.name": "no-such-objective"})
+    client_app.ensure_registered({"objective.name": "mean-loss"}, measure="loss")
     assert calls == [False, False]
+    client_app.ensure_registered({"objective.name": "mean-loss"}, measure="no-such-measure")
+    assert calls == [False, False, False]
 
 
 @pytest.mark.slow

@@ -14,7 +14,9 @@ clients report.
 data in this process); the Flower app's pool sends the same requests to SuperNodes. A method that
 trains only through a pool therefore runs on Flower unchanged, and the server never reads a
 client's examples: even the loss a stopping rule needs is asked of the clients
-([`ClientPool.evaluate`][fedunlearn.federated.pool.ClientPool.evaluate]).
+([`ClientPool.evaluate`][fedunlearn.federated.pool.ClientPool.evaluate]), and so is any other
+statistic of their data ([`ClientPool.measure`][fedunlearn.federated.pool.ClientPool.measure], by
+the name of a registered [measure](fedunlearn.federated.measures)).
 """
 
 from __future__ import annotations
@@ -28,11 +30,10 @@ from torch import nn
 
 from fedunlearn.federated.client import ClientData
 from fedunlearn.federated.costs import CostCounter, state_bytes
+from fedunlearn.federated.measures import client_measure
 from fedunlearn.federated.requests import ForgetRequest, validate
 from fedunlearn.federated.task import State, Task
 from fedunlearn.federated.training import FederationConfig, LocalPlan, client_update
-
-EVAL_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,9 @@ class ClientPool(ABC):
         """Run ``client_update`` on every participant; reply per client."""
 
     @abstractmethod
-    def _evaluate(self, state: State, participants: Sequence[int], plan: LocalPlan) -> dict[int, tuple[float, int]]:
-        """Per participant: sum of per-example losses of the plan's data, and its size."""
+    def _measure(self, state: State, participants: Sequence[int], plan: LocalPlan,
+                 measure: str) -> dict[int, tuple[State, int]]:
+        """Per participant: the measure's sums over the plan's data, and its size."""
 
     def train(self, state: Mapping[str, torch.Tensor], participants: Sequence[int], round_index: int,
               config: FederationConfig, plan: LocalPlan, counter: CostCounter
@@ -94,31 +96,30 @@ class ClientPool(ABC):
             updates[cid], counts[cid] = reply.update, reply.num_examples
         return updates, counts
 
+    def measure(self, state: Mapping[str, torch.Tensor], participants: Sequence[int], plan: LocalPlan,
+                measure: str, counter: CostCounter) -> dict[int, tuple[State, int]]:
+        """Ask each participant for the registered measure ``measure`` of ``state`` on its plan data.
+
+        The state is sent to each participant (bytes down); each replies named sums (bytes up)
+        and its number of examples.
+
+        Returns:
+            Client id -> (named sums over its selected examples, their number).
+        """
+        replies = self._measure(dict(state), list(participants), plan, measure)
+        for cid in participants:
+            counter.bytes_down += state_bytes(state)
+            counter.bytes_up += state_bytes(replies[cid][0])
+        return {cid: replies[cid] for cid in participants}
+
     def evaluate(self, state: Mapping[str, torch.Tensor], participants: Sequence[int], plan: LocalPlan,
                  counter: CostCounter) -> float:
-        """Mean per-example loss of ``state`` over the participants' plan data (sample-weighted).
-
-        The state is sent to each participant (bytes down); the clients reply two numbers.
-        """
-        replies = self._evaluate(dict(state), list(participants), plan)
-        counter.bytes_down += state_bytes(state) * len(participants)
-        total = sum(loss for loss, _ in replies.values())
+        """Mean per-example loss of ``state`` over the participants' plan data (sample-weighted;
+        the ``loss`` measure pooled)."""
+        replies = self.measure(state, participants, plan, "loss", counter)
+        total = sum(float(sums["loss"]) for sums, _ in replies.values())
         count = sum(n for _, n in replies.values())
         return total / count
-
-
-@torch.no_grad()
-def client_loss(task: Task, model: nn.Module, state: Mapping[str, torch.Tensor], data: ClientData) -> tuple[float, int]:
-    """Sum of per-example losses of ``state`` on ``data`` and the number of examples."""
-    task.set_state(model, state)
-    model.eval()
-    device = getattr(task, "device", "cpu")
-    total = 0.0
-    for start in range(0, data.num_samples, EVAL_BATCH):
-        index = torch.arange(start, min(start + EVAL_BATCH, data.num_samples))
-        batch = {k: v.to(device) for k, v in data.batch(index).items()}
-        total += float(task.per_example_loss(model, batch).sum())
-    return total, data.num_samples
 
 
 class InProcessPool(ClientPool):
@@ -156,6 +157,6 @@ class InProcessPool(ClientPool):
             replies[cid] = ClientReply(update, n, steps.client_steps)
         return replies
 
-    def _evaluate(self, state, participants, plan):
-        return {cid: client_loss(self.task, self.model, state, plan.select(self.clients[cid]))
+    def _measure(self, state, participants, plan, measure):
+        return {cid: client_measure(self.task, self.model, state, plan.select(self.clients[cid]), measure)
                 for cid in participants}

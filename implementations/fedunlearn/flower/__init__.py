@@ -11,7 +11,7 @@ SuperNode per client partition. It adds one thing, an implementation of the clie
   seed in the run config, takes the partition named by its SuperNode's ``--node-config
   "partition-id=N"`` and answers with
   [`client_update`][fedunlearn.federated.training.client_update] or
-  [`client_loss`][fedunlearn.federated.pool.client_loss], as the in-process pool does;
+  [`client_measure`][fedunlearn.federated.measures.client_measure], as the in-process pool does;
 - [`server_app`][fedunlearn.flower.server_app] — the ServerApp: trains with
   [`train_federation`][fedunlearn.unlearning.base.train_federation] and saves the history, or
   (``mode = "unlearn"``) serves a forget request with any registered method through

@@ -14,8 +14,8 @@ other down. It answers the three messages of
   state under the received [`LocalPlan`][fedunlearn.federated.training.LocalPlan] and
   [`FederationConfig`][fedunlearn.federated.training.FederationConfig]; it replies with the
   update $\Delta^k_t$, the number of examples trained on and the local steps taken;
-- ``evaluate``: [`client_loss`][fedunlearn.federated.pool.client_loss] of the received state on
-  the plan's data (a sum and a count, never the examples).
+- ``evaluate``: a registered [measure](fedunlearn.federated.measures) of the received state on
+  the plan's data, e.g. the loss for a stopping rule (sums and a count, never the examples).
 
 The data order of client ``N`` in round ``t`` is derived from ``(seed, t, N)`` inside
 ``client_update``, so a Flower client takes exactly the mini-batches of its in-process twin.
@@ -26,7 +26,8 @@ imports torch and the scenarios only in the handlers that need them; a discovery
 answered from a small file the SuperNode's first query wrote (its example count, under
 ``$FEDUNLEARN_CACHE/flower/``, keyed by scenario, seed, client and a digest of the code that
 builds the data; ``FEDUNLEARN_NO_CACHE=1`` turns it off). A plan may name an objective or local
-optimiser that an entry registers when it is imported (e.g. ``"diag-fisher"``); only then does
+optimiser (or a request a measure) that an entry registers when it is imported (e.g.
+``"diag-fisher"``); only then does
 the ClientApp import the catalog's entries ([`discover`][fedunlearn.catalog.discover]).
 """
 
@@ -114,15 +115,18 @@ def num_examples(context: Context) -> int:
     return data.num_samples
 
 
-def ensure_registered(plan: Mapping, config: Mapping | None = None) -> None:
-    """Import the catalog's entries if the plan (or config) names an objective or optimiser that
-    is not registered in this process yet."""
+def ensure_registered(plan: Mapping, config: Mapping | None = None, measure: str | None = None) -> None:
+    """Import the catalog's entries if the plan (or config) names an objective or optimiser, or
+    the request names a measure, that is not registered in this process yet."""
+    from fedunlearn.federated.measures import MEASURES
     from fedunlearn.federated.objectives import OBJECTIVES
     from fedunlearn.federated.training import OPTIMIZERS
 
     objective = plan.get("objective.name")
     optimizers = {name for name in (plan.get("optimizer"), (config or {}).get("optimizer")) if name}
-    if (objective is not None and objective not in OBJECTIVES.names()) or not optimizers <= set(OPTIMIZERS.names()):
+    if ((objective is not None and objective not in OBJECTIVES.names())
+            or not optimizers <= set(OPTIMIZERS.names())
+            or (measure is not None and measure not in MEASURES.names())):
         from fedunlearn import catalog
 
         catalog.discover(strict=False)
@@ -169,13 +173,14 @@ def train(message: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    """Reply with the sum of per-example losses of the received state on the plan's data."""
-    from fedunlearn.federated.pool import client_loss
+    """Reply with the named measure's sums of the received state over the plan's data."""
+    from fedunlearn.federated.measures import client_measure
 
     cid, task, model, data = _setup(context)
     content = message.content
-    ensure_registered(dict(content["plan"]))
+    name = str(content["measure"]["name"])
+    ensure_registered(dict(content["plan"]), measure=name)
     plan = plan_from_content(content)
-    loss, n = client_loss(task, model, record_to_state(content["state"]), plan.select(data))
-    metrics = MetricRecord({"partition-id": cid, "loss-sum": float(loss), "num-examples": int(n)})
-    return Message(RecordDict({"metrics": metrics}), reply_to=message)
+    sums, n = client_measure(task, model, record_to_state(content["state"]), plan.select(data), name)
+    metrics = MetricRecord({"partition-id": cid, "num-examples": int(n)})
+    return Message(RecordDict({"sums": state_to_record(sums), "metrics": metrics}), reply_to=message)

@@ -6,9 +6,9 @@ round loop or a method makes of the clients becomes one message per participant,
 ClientApp of the SuperNode that serves that client ([`client_app`][fedunlearn.flower.client_app]).
 The pool only moves requests and replies; what a client computes is
 [`client_update`][fedunlearn.federated.training.client_update] or
-[`client_loss`][fedunlearn.federated.pool.client_loss], as in-process, and every cost is counted
-once by [`ClientPool.train`][fedunlearn.federated.pool.ClientPool.train] /
-[`evaluate`][fedunlearn.federated.pool.ClientPool.evaluate], as in-process. So a method that
+[`client_measure`][fedunlearn.federated.measures.client_measure], as in-process, and every cost is
+counted once by [`ClientPool.train`][fedunlearn.federated.pool.ClientPool.train] /
+[`measure`][fedunlearn.federated.pool.ClientPool.measure], as in-process. So a method that
 trains only through ``run.pool`` runs on Flower unchanged.
 
 - **Discovery.** A SuperNode says which client it serves (``query`` message: partition id and
@@ -165,14 +165,16 @@ class FlowerPool(ClientPool):
             list(participants), steps, plan.data, plan.objective.name)
         return out
 
-    def _evaluate(self, state: State, participants: Sequence[int], plan: LocalPlan) -> dict[int, tuple[float, int]]:
+    def _measure(self, state: State, participants: Sequence[int], plan: LocalPlan,
+                 measure: str) -> dict[int, tuple[State, int]]:
         self.discover(participants)
-        content = {"state": state_to_record(state), **plan_records(plan)}
+        content = {"state": state_to_record(state), "measure": ConfigRecord({"name": measure}), **plan_records(plan)}
         messages = {cid: Message(RecordDict(content), dst_node_id=self.node_of[cid], message_type=EVALUATE)
                     for cid in participants}
-        replies = self._exchange(messages, f"evaluation of {plan.data} data")
-        self.log.append({"kind": "evaluate", "participants": list(participants), "data": plan.data})
-        return {cid: (float(replies[cid].content["metrics"]["loss-sum"]),
+        replies = self._exchange(messages, f"measure {measure!r} of {plan.data} data")
+        self.log.append({"kind": "evaluate", "participants": list(participants), "data": plan.data,
+                         "measure": measure})
+        return {cid: (record_to_state(replies[cid].content["sums"]),
                       int(replies[cid].content["metrics"]["num-examples"])) for cid in participants}
 
     # ---- SuperNodes ----------------------------------------------------------------------------

@@ -66,6 +66,47 @@ def pareto_plot(result: Comparison, path: str | Path, metric: str | None = None)
     return path
 
 
+def tradeoff_plot(result: Comparison, path: str | Path, forgetting: str, utility: str,
+                  title: str | None = None) -> Path:
+    r"""Utility against forgetting, one point per method (median over seeds), coloured by
+    $\rho_\text{steps}$; $\theta_r$ with its retrain band (a rectangle of half-widths the two
+    metrics' bands) and $\theta_o$ drawn for reference. A method inside the rectangle is retrain-
+    equivalent on both metrics; the colour says what it paid for that."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    agg = result.aggregate
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    x_r, y_r = result.value("retrain", forgetting), result.value("retrain", utility)
+    band_x, band_y = agg["band"][forgetting], agg["band"][utility]
+    ax.add_patch(Rectangle((x_r - band_x, y_r - band_y), 2 * band_x, 2 * band_y, color="tab:green", alpha=0.15,
+                           label="retrain band"))
+    ax.scatter([x_r], [y_r], marker="*", s=160, color="tab:green", label="θ_r (retrain)", zorder=3)
+    ax.scatter([result.value("original", forgetting)], [result.value("original", utility)], marker="X", s=80,
+               color="black", label="θ_o (original)", zorder=3)
+    labels = [label for label in result.methods if label != "do-nothing"]
+    rhos = [result.rho(label) for label in labels]
+    points = ax.scatter([result.value(label, forgetting) for label in labels],
+                        [result.value(label, utility) for label in labels], c=rhos, cmap="viridis",
+                        vmin=0.0, vmax=max([1.0, *rhos]), s=55, edgecolors="black", linewidths=0.5, zorder=4)
+    for label in labels:
+        ax.annotate(label, (result.value(label, forgetting), result.value(label, utility)),
+                    textcoords="offset points", xytext=(5, 4), fontsize=8)
+    fig.colorbar(points, ax=ax, label="ρ_steps (client steps / retraining's)")
+    ax.set_xlabel(forgetting)
+    ax.set_ylabel(utility)
+    ax.set_title(title or f"{result.scenario}: utility vs forgetting")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 #: Metrics followed across a sequence of requests (those the scenario has).
 SEQUENCE_METRICS = ("forget_quality", "canary_exposure", "forget_el", "model_utility", "test_acc", "test_logprob")
 

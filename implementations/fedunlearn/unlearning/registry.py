@@ -28,8 +28,11 @@ class MethodSettingError(ValueError):
 
 
 def available_methods() -> dict[str, type[UnlearningMethod]]:
-    """Method name -> class: the controls first, then the entries' methods in catalog order."""
-    names = list(CONTROLS) + [name for entry in catalog.entries() for name in entry.methods]
+    """Method name -> class: the controls first, then each family's controls (see
+    [`family_controls`][fedunlearn.catalog.family_controls]), then the entries' methods in catalog
+    order."""
+    family = [name for names in catalog.family_controls().values() for name in names]
+    names = list(CONTROLS) + family + [name for entry in catalog.entries() for name in entry.methods]
     return {name: METHODS[name] for name in names}
 
 
