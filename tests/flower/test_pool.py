@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 pytest.importorskip("flwr", reason="Flower is not installed; pip install -e '.[flower]'")
 
@@ -21,14 +22,19 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedunlearn.federated.costs import CostCounter
-from fedunlearn.federated.history import TrainingHistory
+from fedunlearn.federated.history import HistoryError, TrainingHistory
 from fedunlearn.federated.pool import InProcessPool
 from fedunlearn.federated.requests import ForgetRequest, ForgetRequestError
 from fedunlearn.federated.training import LocalPlan
 from fedunlearn.flower import client_app, server_app
 from fedunlearn.flower.pool import FlowerPool
 from fedunlearn.flower.settings import RunSettings
-from fedunlearn.unlearning.base import history_fingerprint, run_method, train_federation
+from fedunlearn.unlearning.base import (
+    TrainedFederation,
+    history_fingerprint,
+    run_method,
+    train_federation,
+)
 from fedunlearn.unlearning.evaluate import evaluate
 from fedunlearn.unlearning.registry import get_method
 
@@ -297,3 +303,43 @@ def test_lora_adapters_travel_through_the_flower_pool():
     assert all("lora_" in key for key in flower.final_state)
     assert_same_state(flower.final_state, reference.final_state)
     assert flower.cost.bytes_down == reference.cost.bytes_down
+
+
+def test_a_method_that_owns_its_training_trains_and_unlearns_on_flower(tmp_path):
+    """``certified-removal`` trains its own model (a linear head, by federated Newton steps from
+    the clients' gradient and Hessian sums) and serves record requests: on the Flower pool both
+    phases equal the in-process engine; a FedAvg history is refused for it, and its history for
+    FedAvg methods."""
+    config = {"scenario": "digits-records", "seed": 0, "num-clients": 0, "rounds": 2}
+    overrides = {"epsilon": 100.0}
+    method = get_method("certified-removal", **overrides)
+    scenario = RunSettings.from_run_config(config).build_scenario()
+    setup = cache_free_setup(scenario, method)
+    reference = method.train_federation(setup)
+    expected = run_method(method, reference, scenario.request)
+
+    nodes = {200 + c: c for c in scenario.clients}
+    paths = {"history-path": str(tmp_path / "history"), "out-dir": str(tmp_path / "out")}
+    own = {"method": "certified-removal", "method-config": json.dumps(overrides)}
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={**config, **paths, **own})
+    server_app.main(LocalGrid(config, nodes), context)
+    history = TrainingHistory.load(tmp_path / "history")
+    assert history.metadata["method"] == method.label and set(history.extras) == set(reference.extras)
+    assert_same_state(history.final_state, reference.final_state)
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(),
+                      run_config={**config, **paths, **own, "mode": "unlearn"})
+    server_app.main(LocalGrid(config, nodes), context)
+    unlearned = json.loads((tmp_path / "out" / "unlearn-certified-removal" / "result.json").read_text())
+    assert unlearned["status"] == "finished"
+    assert_same_state(load_file(tmp_path / "out" / "unlearn-certified-removal" / "state.safetensors"), expected.state)
+    assert unlearned["cost"]["bytes_up"] == expected.cost.bytes_up
+    assert unlearned["metrics"] == pytest.approx(evaluate(scenario, expected.state, reference.model), abs=1e-6)
+    with pytest.raises(HistoryError, match="trained by certified-removal"):
+        server_app.federation_from_history(scenario, history, flower_pool(), get_method("continue-fedavg"))
+
+
+def cache_free_setup(scenario, method):
+    """The empty federation a method's own training phase starts from (as the engine builds it)."""
+    model = scenario.task.build_model()
+    return TrainedFederation(scenario.task, scenario.pool(model), scenario.config, scenario.task.get_state(model), {},
+                             TrainingHistory({}), CostCounter(), model, scenario.server_inputs)

@@ -301,9 +301,10 @@ def test_stopping_rule_stops_at_target_and_zero_slack_runs_all_rounds(tiny) -> N
                                target_loss=target)
     assert stopped == losses[:expected]
     assert counter.client_rounds == expected * 2  # 2 clients per round
-    # Bytes per round: the state down to 2 trainers and to 2 loss reporters, 2 updates up.
+    # Bytes per round: the state down to 2 trainers and to 2 loss reporters; 2 updates up, and 2
+    # loss sums (one float64 each).
     model = state_bytes(run.init_state)
-    assert counter.bytes_down == expected * 4 * model and counter.bytes_up == expected * 2 * model
+    assert counter.bytes_down == expected * 4 * model and counter.bytes_up == expected * 2 * (model + 8)
 
 
 def test_the_method_asks_the_clients_for_the_target_loss_too(tiny) -> None:
@@ -314,7 +315,7 @@ def test_the_method_asks_the_clients_for_the_target_loss_too(tiny) -> None:
     rounds = run.config.rounds
     assert result.cost.client_rounds == rounds * 2
     assert result.cost.bytes_down == (2 + rounds * 4) * model
-    assert result.cost.bytes_up == rounds * 2 * model
+    assert result.cost.bytes_up == rounds * 2 * model + (1 + rounds) * 2 * 8  # updates, then float64 loss sums
 
 
 # ---------------------------------------------------------------- the reproduced claim

@@ -88,6 +88,10 @@ class TrainingHistory:
         init_state: The initial state $w_0$.
         record_every: Keep tensors every this many rounds ($\Delta t \geq 1$).
         metadata: Free-form JSON-serialisable facts (config, scenario, seed).
+
+    Attributes:
+        extras: Further named states a method's own training phase keeps beside the history
+            (e.g. per-shard models, a head's training statistics); saved and verified with it.
     """
 
     def __init__(self, init_state: Mapping[str, torch.Tensor], record_every: int = 1, metadata: dict | None = None) -> None:
@@ -98,6 +102,7 @@ class TrainingHistory:
         self.metadata = dict(metadata or {})
         self.rounds: list[RoundRecord] = []
         self.final_state: State | None = None
+        self.extras: dict[str, State] = {}
 
     def record_round(
         self,
@@ -217,6 +222,8 @@ class TrainingHistory:
             write("init.safetensors", self.init_state)
             if self.final_state is not None:
                 write("final.safetensors", self.final_state)
+            for name, extra in sorted(self.extras.items()):
+                write(f"extra-{name}.safetensors", extra)
             rounds_meta = []
             for r in self.rounds:
                 meta = {"round": r.round_index, "participants": r.participants,
@@ -231,7 +238,7 @@ class TrainingHistory:
                 rounds_meta.append(meta)
             manifest = {"format": FORMAT, "version": VERSION, "record_every": self.record_every,
                         "metadata": self.metadata, "files": files, "rounds": rounds_meta,
-                        "has_final": self.final_state is not None}
+                        "has_final": self.final_state is not None, "extras": sorted(self.extras)}
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
             for item in staging.iterdir():
                 with open(item, "rb") as handle:
@@ -287,4 +294,5 @@ class TrainingHistory:
             history.rounds.append(record)
         if manifest.get("has_final"):
             history.final_state = read("final.safetensors")
+        history.extras = {name: read(f"extra-{name}.safetensors") for name in manifest.get("extras", [])}
         return history

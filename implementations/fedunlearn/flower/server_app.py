@@ -9,6 +9,9 @@ hands it to the same functions the in-process engine uses:
   and records a [`TrainingHistory`][fedunlearn.federated.history.TrainingHistory]. The history is
   saved (atomically) to ``history-path``; the final state and its metrics
   ([`evaluate`][fedunlearn.unlearning.evaluate.evaluate]) go to ``out-dir/train/``.
+  If ``method`` names a method that trains the federation its own way (``owns_training``, e.g.
+  ``certified-removal``), the server trains that way instead, over the same pool, and the history
+  keeps the method's name and its extra states.
 - ``mode = "unlearn"``: loads that history, checks it was trained with the same configuration,
   builds the [`TrainedFederation`][fedunlearn.unlearning.base.TrainedFederation] (its pool is the
   Flower pool, its server inputs the scenario's) and serves the forget request with ``method``
@@ -110,7 +113,6 @@ def federation_from_history(scenario: Scenario, history: TrainingHistory, pool: 
     Raises:
         HistoryError: If the history was trained with another configuration, has no final state,
             or cannot stand for the method's interval.
-        ValueError: If the method trains the federation its own way (not served on Flower yet).
     """
     recorded = dict(history.metadata.get("config") or {})
     expected = scenario.config.as_dict()
@@ -121,17 +123,25 @@ def federation_from_history(scenario: Scenario, history: TrainingHistory, pool: 
                            "training run")
     if history.final_state is None:
         raise HistoryError("the history has no final state (training did not finish)")
-    if method.owns_training:
-        raise ValueError(f"method {method.name!r} trains the federation its own way; the Flower app "
-                         "trains FedAvg only (run it in-process)")
+    trained_by = history.metadata.get("method")
+    if method.owns_training and trained_by != method.label:
+        raise HistoryError(f"{method.label} trains the federation its own way, but the history was trained "
+                           f"by {trained_by or 'FedAvg'}; first run mode=\"train\" with method=\"{method.name}\" "
+                           "and the same method-config")
+    if not method.owns_training and trained_by is not None:
+        raise HistoryError(f"the history was trained by {trained_by}'s own training phase; {method.label} "
+                           "starts from a FedAvg history (train without that method)")
     history = history_for(method, history)
     config = replace(scenario.config, record_every=history.record_every)
-    return TrainedFederation(scenario.task, pool, config, history.init_state, history.final_state, history,
-                             CostCounter(), scenario.task.build_model(), server_inputs=scenario.server_inputs)
+    model = scenario.task.build_model()
+    run = TrainedFederation(scenario.task, pool, config, history.init_state, history.final_state, history,
+                            CostCounter(), model, server_inputs=scenario.server_inputs, extras=history.extras)
+    return replace(run, model=method.trained_model(run))
 
 
-def train(pool: FlowerPool, settings: RunSettings, scenario: Scenario, out: Path) -> tuple[State, dict]:
-    """``mode = "train"``: ``train_federation`` over the SuperNodes; save the history.
+def train(pool: FlowerPool, settings: RunSettings, scenario: Scenario, out: Path) -> tuple[TrainedFederation, dict]:
+    """``mode = "train"``: ``train_federation`` over the SuperNodes (or, when ``method`` owns its
+    training phase, that method's ``train_federation``); save the history.
 
     If a round fails, the rounds recorded so far are saved to ``out/partial-history`` (no final
     state, so no unlearning run accepts it) and ``history-path`` is left as it was.
@@ -142,26 +152,35 @@ def train(pool: FlowerPool, settings: RunSettings, scenario: Scenario, out: Path
     facts = {"config": scenario.config.as_dict(), "scenario": scenario.name, "seed": scenario.seed,
              "clients": sorted(scenario.clients), "engine": "flower"}
     history = TrainingHistory(init_state, scenario.config.record_every, facts)
+    method = settings.unlearning_method()
     try:
-        run = train_federation(task, pool, scenario.config, init_state, server_inputs=scenario.server_inputs,
-                               model=model, history=history)
+        if method.owns_training:
+            setup = TrainedFederation(task, pool, scenario.config, init_state, {}, history, CostCounter(), model,
+                                      scenario.server_inputs)
+            run = method.train_federation(setup)
+            run.history.metadata.update(facts, method=method.label)
+            run.history.extras = dict(run.extras)
+        else:
+            run = train_federation(task, pool, scenario.config, init_state, server_inputs=scenario.server_inputs,
+                                   model=model, history=history)
     except Exception as exc:
         saved = history.save(out / PARTIAL_HISTORY, overwrite=True)
         raise TrainingFailed(f"{exc}; the {len(history.rounds)} round(s) recorded before are saved "
                              f"in {saved} (history-path is unchanged)", saved) from exc
     history_path = settings.path("history-path")
     run.history.save(history_path, overwrite=True)
-    return run.final_state, {"cost": run.cost.as_dict(), "history_path": str(history_path)}
+    return run, {"cost": run.cost.as_dict(), "history_path": str(history_path),
+                 **({"method": method.label} if method.owns_training else {})}
 
 
-def unlearn(pool: FlowerPool, settings: RunSettings, scenario: Scenario) -> tuple[State, dict]:
+def unlearn(pool: FlowerPool, settings: RunSettings, scenario: Scenario) -> tuple[TrainedFederation, State, dict]:
     """``mode = "unlearn"``: load the history, serve the request with ``method``."""
     method = settings.unlearning_method()
     run = federation_from_history(scenario, TrainingHistory.load(settings.path("history-path")), pool, method)
     log(INFO, "fedunlearn: serving %s with %s (history kept every %d round(s))",
         scenario.request.describe(), method.label, run.history.record_every)
     result = run_method(method, run, scenario.request)
-    return result.state, {"cost": result.cost.as_dict(), "method": result.method,
+    return run, result.state, {"cost": result.cost.as_dict(), "method": result.method,
                           "method_overrides": settings.method_overrides(),
                           "request": scenario.request.describe(),
                           "forgotten_clients": list(scenario.request.clients)}
@@ -178,9 +197,10 @@ def main(grid: Grid, context: Context) -> None:
     pool = make_pool(grid, settings, scenario)
     try:
         if settings.mode == "train":
-            state, facts = train(pool, settings, scenario, out)
+            run, facts = train(pool, settings, scenario, out)
+            state = run.final_state
         else:
-            state, facts = unlearn(pool, settings, scenario)
+            run, state, facts = unlearn(pool, settings, scenario)
     except Exception as exc:
         result.update(status="failed", error=f"{type(exc).__name__}: {exc}", rounds=pool.log)
         if isinstance(exc, TrainingFailed):
@@ -190,7 +210,7 @@ def main(grid: Grid, context: Context) -> None:
         raise
     result.update(facts, status="finished", rounds=pool.log,
                   partitions={str(c): n for c, n in sorted(pool.num_examples.items())},
-                  metrics=evaluate(scenario, state))
+                  metrics=evaluate(scenario, state, run.model))
     _write_results(out, result, state)
     log(INFO, "fedunlearn: %s run finished; metrics %s; results in %s", settings.mode,
         {k: round(v, 4) for k, v in result["metrics"].items()}, out)

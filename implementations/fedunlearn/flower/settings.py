@@ -16,7 +16,7 @@ no data and no partition map is ever sent: a SuperNode only needs ``--node-confi
 | ``record-every`` | ``0`` | history interval $\Delta t$ of a training run (0 = the scenario's) |
 | ``history-path`` | ``""`` | absolute directory of the saved training history |
 | ``out-dir`` | ``""`` | absolute directory for results (state, metrics) |
-| ``method`` | ``"retrain"`` | unlearning method: any registered one ([`available_methods`][fedunlearn.unlearning.registry.available_methods]) |
+| ``method`` | ``"retrain"`` | unlearning method: any registered one ([`available_methods`][fedunlearn.unlearning.registry.available_methods]); in a training run, a method that owns its training phase trains the federation its way |
 | ``method-config`` | ``""`` | JSON object of the method's config overrides, e.g. ``'{"rounds": 1}'`` |
 | ``forget-clients`` | ``""`` | comma-separated client ids to forget (``""`` = the scenario's request) |
 | ``node-wait-s`` | ``120.0`` | how long the ServerApp waits for the SuperNodes it needs |
@@ -77,7 +77,8 @@ class RunSettings:
         record_every: History interval of a training run (0 = the scenario's).
         history_path: Directory of the training history (absolute).
         out_dir: Directory for results (absolute).
-        method: Unlearning method (``mode = "unlearn"``), any registered name.
+        method: Unlearning method (``mode = "unlearn"``), any registered name; a training run
+            with a method that owns its training phase trains that way.
         method_config: JSON object of overrides of the method's config (``""``: the defaults).
         forget_clients: Comma-separated client ids to forget (empty: the scenario's request).
         node_wait_s: Seconds to wait for the needed SuperNodes.

@@ -151,6 +151,11 @@ class UnlearningMethod:
         methods with ``owns_training`` override it."""
         raise NotImplementedError(f"method {self.name!r} does not own its training phase")
 
+    def trained_model(self, setup: TrainedFederation) -> nn.Module:
+        """The model instance the states of this method's training phase load into (default: the
+        scenario's; a method that owns its training may train another kind of model)."""
+        return setup.model
+
     def unlearn(self, run: TrainedFederation, request: ForgetRequest, counter: CostCounter) -> State:
         """Return the unlearned state; count all work in ``counter``."""
         raise NotImplementedError

@@ -181,7 +181,7 @@ def _every_round(scenario: Scenario, method: UnlearningMethod | None, progress: 
                 raise CacheError(f"{entry / 'history'}: no final state")
             return replace(setup, config=FederationConfig(**meta["config"]), init_state=history.init_state,
                            final_state=history.final_state, history=history, cost=_counter(meta["cost"]),
-                           extras=extras)
+                           extras=extras, model=method.trained_model(setup) if method is not None else setup.model)
         except (CacheError, HistoryError, KeyError) as exc:
             if entry.exists():
                 log.warning("cached federation unusable, training again: %s", exc)

@@ -8,6 +8,7 @@
 | ``digits-poisoned-trimmed`` | digits | the same, trained with trimmed-mean aggregation (one update cut at each end) | forget clients 0 and 1 |
 | ``digits-client`` | digits, small clients | 10 clients, many local epochs (memorisation regime) | forget honest client 0 |
 | ``digits-class`` | digits | 10 clients, IID | forget class 3 |
+| ``digits-records`` | digits | 10 clients, IID | forget 100 seeded records, spread over the clients |
 | ``profiles-client`` | fictitious people, tiny LM + LoRA | clients by owner | forget client 0 |
 | ``profiles-person`` | same | same | forget one person's records (incl. canary) |
 | ``profiles-sequential`` | same, 8 clients of 3 people | same | forget clients 0, 1, 2, 3 one request after another |
@@ -274,6 +275,21 @@ def digits_class(seed: int = 0, full: bool = False, device: str | None = None) -
     return _digits("digits-class", seed, full, device or default_device(), request=ForgetRequest.forget_class(3))
 
 
+# --- certified-removal (issue 11) ------------------------------------------------------------
+#: Records ``digits-records`` forgets (seeded, spread over the clients).
+DIGITS_FORGET_RECORDS = 100
+
+
+def digits_records(seed: int = 0, full: bool = False, device: str | None = None) -> Scenario:
+    """``digits-class``'s federation (10 IID clients); forget ``DIGITS_FORGET_RECORDS`` records drawn
+    at random (seeded) from all clients' data (certified removal, record by record)."""
+    scenario = _digits("digits-records", seed, full, device or default_device(), request=ForgetRequest.forget_clients(0))
+    ids = torch.cat([scenario.clients[c].record_ids for c in sorted(scenario.clients)])
+    pick = torch.randperm(len(ids), generator=torch.Generator().manual_seed(derived_seed(seed, 0xC47)))
+    return replace(scenario, request=ForgetRequest.forget_records(ids[pick[:DIGITS_FORGET_RECORDS]].tolist()))
+# --- end certified-removal -------------------------------------------------------------------
+
+
 def _profiles(name: str, seed: int, full: bool, person: bool, device: str, num_clients: int = 4,
               people_per_client: int = 5, sequence: tuple[tuple[int, ...], ...] = ()) -> Scenario:
     task = LoraCausalLMTask(init_seed=seed, device=device)
@@ -322,6 +338,7 @@ SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "digits-poisoned-trimmed": digits_poisoned_trimmed,  # FedRecover entry (issue 10)
     "digits-client": digits_client,
     "digits-class": digits_class,
+    "digits-records": digits_records,  # certified-removal entry (issue 11)
     "profiles-client": profiles_client,
     "profiles-person": profiles_person,
     "profiles-sequential": profiles_sequential,
