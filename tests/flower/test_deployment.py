@@ -11,7 +11,8 @@ that no process is left). On it:
 - with client 0 gone, unlearning runs of one method of each kind equal the in-process
   ``run_method`` (state to 1e-6, same costs): the control ``continue-fedavg`` (``method-config``
   ``{"rounds": 1}``), the incremental ``federaser`` whose calibration runs on the remaining
-  SuperNodes, the server-only ``kd`` (no SuperNode asked anything) and the oracle ``retrain``;
+  SuperNodes, the server-only ``kd`` and the perturbation family's server-only ``fedrecovery``
+  (no SuperNode asked anything) and the oracle ``retrain``;
   a training run, which needs every client, fails naming client 0.
 
 The runs after the kill are submitted together (the SuperLink runs them side by side), so the
@@ -75,6 +76,7 @@ METHODS = {
     "continue-fedavg": {"rounds": 1},  # a control: one more round on the remaining clients
     "federaser": {"interval": 1},      # incremental: calibration on the remaining clients (kept rounds 0, 1)
     "kd": {},                          # server only: subtraction and distillation, no client asked
+    "fedrecovery": {},                 # perturbation, server only: residual subtraction and noise
     "retrain": {},                     # the oracle, on the remaining SuperNodes
 }
 
@@ -356,8 +358,8 @@ def test_unlearning_on_the_remaining_supernodes_equals_in_process(federation, wi
     trained_rounds = [r for r in unlearned["rounds"] if r["kind"] == "train"]
     assert all(r["participants"] == [1, 2] and r["data"] == "retained" for r in trained_rounds)
     assert [r["round"] for r in trained_rounds] == {"continue-fedavg": [2], "federaser": [1], "kd": [],
-                                                    "retrain": [0, 1]}[name]
-    if name == "kd":  # the server alone: no message to any SuperNode, not even a discovery query
+                                                    "fedrecovery": [], "retrain": [0, 1]}[name]
+    if name in ("kd", "fedrecovery"):  # the server alone: no message to any SuperNode, not even a discovery query
         assert unlearned["rounds"] == [] and unlearned["partitions"] == {} and expected.cost.client_steps == 0
     # an unlearning run never writes the training history
     assert history_fingerprint(TrainingHistory.load(federation.history_path)) == without_client_0["fingerprint"]

@@ -128,6 +128,7 @@ def test_training_through_the_flower_pool_equals_in_process(scenario, reference)
     ("federaser", {"interval": 1}),       # incremental: calibration on the remaining clients
     ("kd", {"epochs": 1}),                # server only: no client is asked anything
     ("rapid-retraining", {}),             # a registered optimiser, and losses asked of clients
+    ("fedrecovery", {}),                  # perturbation, server only: residual subtraction and noise
 ])
 def test_methods_through_the_flower_pool_equal_in_process(scenario, reference, name, overrides):
     method = get_method(name, **overrides)
@@ -138,7 +139,7 @@ def test_methods_through_the_flower_pool_equal_in_process(scenario, reference, n
     got = run_method(method, flower_run, scenario.request)
     assert_same_state(got.state, expected.state)
     assert got.cost.as_dict() | {"wall_time_s": 0} == expected.cost.as_dict() | {"wall_time_s": 0}
-    if name == "kd":
+    if name in ("kd", "fedrecovery"):
         assert pool.grid.received == {NODE[1]: [], NODE[2]: []} and got.cost.client_steps == 0
     else:
         assert got.cost.client_steps > 0
@@ -147,6 +148,7 @@ def test_methods_through_the_flower_pool_equal_in_process(scenario, reference, n
 #: Perturbation methods in which the forgetting client itself works (its SuperNode must serve it).
 FORGETTING_CLIENT_METHODS = [
     ("negated-update", {"recovery_rounds": 1}),  # the family's control: a negated ordinary update
+    ("pga-erasure", {"epochs": 1.0}),  # projected ascent, validation accuracy measured by a retained client
 ]
 
 
