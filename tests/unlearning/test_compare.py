@@ -170,11 +170,18 @@ def test_a_method_that_owns_its_training_is_trained_cached_and_judged(tmp_path, 
     HalfRounds.calls.clear()
     first = compare("digits-backdoor", [HalfRounds()], seeds=[0], progress=False, num_clients=3, rounds=4)
     again = compare("digits-backdoor", [HalfRounds()], seeds=[0], progress=False, num_clients=3, rounds=4)
-    assert HalfRounds.calls == [1]  # its own training phase ran once, then came from the cache
+    # its own training phase ran once on all clients and once on the retained ones (its own
+    # oracle), then both came from the cache
+    assert HalfRounds.calls == [1, 1]
     row = first.per_seed[0]["methods"]["test-half-rounds"]
     assert "trained_metrics" in row  # its θ_o is evaluated too: the utility its training costs
     assert row["cost"]["client_rounds"] == 2 * 2  # forgetting retrains its 2 rounds on 2 clients
     assert row["metrics"] == again.per_seed[0]["methods"]["test-half-rounds"]["metrics"]
+    # judged against its own model retrained without client 0: retraining its way is exact (zero
+    # gaps, ρ = 1), while against the common referee (the scenario's 4 rounds) it would not be
+    assert all(gap == 0 for gap in row["gaps"].values()) and row["rho_steps"] == 1.0
+    assert row["own_oracle"]["test_acc"] != first.per_seed[0]["oracle"]["test_acc"]
+    assert "θ_r of test-half-rounds †" in first.table()
 
 
 def test_sequential_comparison_needs_a_sequence(no_training):
