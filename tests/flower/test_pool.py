@@ -306,6 +306,27 @@ def test_lora_adapters_travel_through_the_flower_pool():
     assert_same_state(flower.final_state, reference.final_state)
     assert flower.cost.bytes_down == reference.cost.bytes_down
 
+    # the language-model perturbation methods: the forgetting client ascends on its SuperNode and
+    # answers the stopping rule's measure there; then a repair round without it
+    for name, overrides in LM_FORGETTING_METHODS:
+        method = get_method(name, **overrides)
+        expected = run_method(method, reference, lm.request)
+        pool = FlowerPool(LocalGrid(config, {NODE[c]: c for c in range(3)}), range(3), node_wait_s=0.2,
+                          round_timeout_s=30.0, poll_s=0.0)
+        got = run_method(method, server_app.federation_from_history(lm, reference.history, pool, method), lm.request)
+        assert_same_state(got.state, expected.state, atol=1e-5)
+        assert got.cost.client_steps == expected.cost.client_steps and got.cost.bytes_up == expected.cost.bytes_up
+        assert any(r["kind"] == "train" and r["data"] == "forgotten" and r["participants"] == [0] for r in pool.log)
+        if name == "knowledge-ga":  # the stopping rule's EL/MA are measured by the forgetting client
+            assert any(r["kind"] == "evaluate" and r["measure"] == "knowledge-el-ma" and r["participants"] == [0]
+                       for r in pool.log)
+
+
+#: Language-model perturbation methods checked through the Flower pool (small budgets).
+LM_FORGETTING_METHODS = [
+    ("knowledge-ga", {"max_epochs": 2, "repair_rounds": 1}),
+]
+
 
 def test_a_method_that_owns_its_training_trains_and_unlearns_on_flower(tmp_path):
     """``certified-removal`` trains its own model (a linear head, by federated Newton steps from
