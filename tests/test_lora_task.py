@@ -96,6 +96,24 @@ def test_trimming_does_not_change_logprobs(task, federation):
     torch.testing.assert_close(trimmed.detach(), expected, atol=1e-4, rtol=1e-4)
 
 
+def test_per_example_columns_ride_along_untrimmed(task, federation):
+    """Objectives add per-example columns (a forget flag, a reference loss): trimming keeps them,
+    so the NPO and retain-regularised objectives run on the language model."""
+    from fedunlearn.federated.objectives import NegativePreference, RetainRegularisedAscent
+
+    batch = federation.clients[0].batch(torch.arange(6))
+    extra = {"reference_loss": torch.arange(6.0), "forget": torch.tensor([True, False] * 3)}
+    trimmed = trim_padding({**batch, **extra})
+    assert trimmed["input_ids"].shape[1] < batch["input_ids"].shape[1]
+    assert torch.equal(trimmed["reference_loss"], extra["reference_loss"])
+    model = task.build_model()
+    for objective in (NegativePreference(beta=0.1), RetainRegularisedAscent()):
+        assert torch.isfinite(objective.loss(task, model, {**batch, **extra}))
+    summed = task.sequence_nll(model, batch)
+    tokens = (batch["labels"][:, 1:] != -100).sum(-1)
+    torch.testing.assert_close(summed, task.per_example_loss(model, batch) * tokens, atol=1e-4, rtol=1e-5)
+
+
 def test_adapters_start_at_the_base_model(task, federation):
     """$B = 0$ at the start: the fresh adapter leaves the base model's outputs unchanged."""
     model = task.build_model()

@@ -149,6 +149,10 @@ class LoraCausalLMTask:
         """Mean negative log-likelihood of the answer tokens of each record."""
         return answer_nll(model, batch)
 
+    def sequence_nll(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        r"""$-\log \pi(y \mid x)$ of each record's whole answer (its tokens' log-probabilities summed)."""
+        return answer_nll(model, batch, reduction="sum")
+
     def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Next-token logits at every position, ``[records * length, vocab]``, weighted by the
         attention mask (padding does not count)."""

@@ -18,7 +18,9 @@ projection onto $\{w : \lVert w - w_{\text{ref}} \rVert_2 \le \delta\}$), ``reta
 (ascent on forgotten rows plus $\lambda$ times descent on retained rows of the same client),
 ``npo`` (Negative Preference Optimization,
 $-\frac{2}{\beta}\,\mathbb E \log \sigma\!\big(-\beta (\ell_{\text{ref}} - \ell_\theta)\big)$ with
-$\ell$ the per-example loss, i.e. $\log \pi_\theta / \pi_{\text{ref}} = \ell_{\text{ref}} - \ell_\theta$)
+$\ell = -\log \pi(y \mid x)$ the example's whole-target negative log-likelihood
+([`sequence_nll`][fedunlearn.federated.task.Task.sequence_nll]: summed over an answer's tokens),
+i.e. $\log \pi_\theta / \pi_{\text{ref}} = \ell_{\text{ref}} - \ell_\theta$)
 and ``distillation`` ($T^2\,\mathrm{KL}(p_T^{\text{teacher}} \Vert p_T^{\theta})$ on the task's
 output distributions). An entry adds its own with
 [`register_objective`][fedunlearn.federated.objectives.register_objective].
@@ -26,6 +28,7 @@ output distributions). An entry adds its own with
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
@@ -179,14 +182,18 @@ class NegativePreference(Objective):
     needs: ClassVar[tuple[str, ...]] = ("reference",)
     beta: float = 0.1
 
+    def __post_init__(self) -> None:
+        if not (self.beta > 0 and math.isfinite(self.beta)):
+            raise ValueError(f"npo: beta must be positive and finite, got beta={self.beta!r}")
+
     def prepare(self, task: Task, model: nn.Module, tensors: Batch, states: Mapping[str, State]) -> Batch:
-        r"""The reference model's per-example loss $\ell_{\text{ref}}$."""
+        r"""The reference model's $\ell_{\text{ref}} = -\log \pi_{\text{ref}}(y \mid x)$ of every example."""
         return _with_state(task, model, states["reference"], lambda: {
-            "reference_loss": per_example(lambda b: task.per_example_loss(model, b), tensors, task.device)})
+            "reference_loss": per_example(lambda b: task.sequence_nll(model, b), tensors, task.device)})
 
     def loss(self, task: Task, model: nn.Module, batch: Batch) -> torch.Tensor:
         r"""$-\frac{2}{\beta}\,\overline{\log\sigma(-\beta(\ell_{\text{ref}} - \ell_\theta))}$."""
-        log_ratio = batch["reference_loss"] - task.per_example_loss(model, batch)
+        log_ratio = batch["reference_loss"] - task.sequence_nll(model, batch)
         return -(2.0 / self.beta) * F.logsigmoid(-self.beta * log_ratio).mean()
 
 

@@ -48,6 +48,11 @@ class Task(Protocol):
     def per_example_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Loss of each example in ``batch`` (shape ``[batch]``)."""
 
+    def sequence_nll(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        r"""$-\log \pi(y \mid x)$ of each example's whole target (shape ``[batch]``): the loss of a
+        label for a classifier, the answer's summed token losses for text (preference losses such
+        as NPO compare these)."""
+
     def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Output logits as ``[rows, classes]`` and a weight per row (0 = does not count)."""
 
@@ -83,6 +88,10 @@ class ClassificationTask:
     def per_example_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Cross-entropy of each example."""
         return F.cross_entropy(model(batch["x"]), batch["y"], reduction="none")
+
+    def sequence_nll(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        r"""$-\log p(y \mid x)$ of each example: its per-example loss (one label per example)."""
+        return self.per_example_loss(model, batch)
 
     def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Class logits of each input; every row counts."""

@@ -114,9 +114,11 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     so the result is the same as on the full batch.
     """
     length = max(int(batch["attention_mask"].sum(-1).max()), 2)
-    if length >= batch["input_ids"].shape[1]:
+    width = batch["input_ids"].shape[1]
+    if length >= width:
         return batch
-    return {k: v[:, :length] for k, v in batch.items()}
+    # token columns only: per-example columns (a flag, a reference loss) ride along unchanged
+    return {k: v[:, :length] if v.dim() == 2 and v.shape[1] == width else v for k, v in batch.items()}
 
 
 def answer_token_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,9 +152,12 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def answer_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean negative log-likelihood per answer token, one value per example."""
+def answer_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
+    r"""Negative log-likelihood of each example's answer: per answer token (``"mean"``) or of the
+    whole answer (``"sum"``, $-\log \pi(y \mid x)$)."""
     logprobs, mask = answer_token_logprobs(model, batch)
+    if reduction == "sum":
+        return -logprobs.sum(-1)
     return -(logprobs.sum(-1) / mask.sum(-1).clamp(min=1))
 
 
