@@ -34,7 +34,7 @@ from IPython.display import Image, Markdown, display
 
 from fedunlearn.unlearning.bench import pareto_plot
 from fedunlearn.unlearning.compare import LM_HEADLINE_METRICS, compare
-from fedunlearn.unlearning.registry import available_methods
+from fedunlearn.unlearning.registry import methods_serving
 from fedunlearn.unlearning.scenarios import LM_SMOKE, build_scenario
 
 torch.set_num_threads(1)
@@ -43,9 +43,8 @@ SEEDS = [0, 1, 2] if FULL else [0]
 
 
 def methods_for(scenario_name):
-    """Every registered method that serves the scenario's request granularity (not the oracle)."""
-    kind = build_scenario(scenario_name, 0).request.kind
-    return [name for name, cls in available_methods().items() if name != "retrain" and kind in cls.granularities]
+    """Every registered method that serves the scenario (its request and kind), not the oracle."""
+    return methods_serving(build_scenario(scenario_name, 0))
 
 
 # %% [markdown]

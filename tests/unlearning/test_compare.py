@@ -137,6 +137,18 @@ def test_cli_set_changes_a_config(capsys):
     (["--scenario", "digits-backdoor", "--methods", "retrain", "--rounds", "-1"], "--rounds"),
     (["--scenario", "digits-backdoor", "--methods", "retrain", "--seed-list", "1,x"], "--seed-list"),
     (["--scenario", "profiles-sequential", "--methods", "do-nothing", "--num-clients", "5"], "does not apply"),
+    # the perturbation family's privacy budgets and radius (issue 11)
+    (["--scenario", "digits-backdoor", "--methods", "pga-erasure", "--set", "pga-erasure.radius=0"],
+     "pga-erasure: radius must be positive (or None, or inf), got radius=0.0"),
+    (["--scenario", "digits-backdoor", "--methods", "fedrecovery", "--set", "fedrecovery.epsilon=0"],
+     "fedrecovery: epsilon must be > 0, got 0.0"),
+    (["--scenario", "digits-backdoor", "--methods", "fedrecovery", "--set", "fedrecovery.delta=1"],
+     "fedrecovery: delta must lie in (0, 1), got 1.0"),
+    (["--scenario", "digits-records", "--methods", "certified-removal", "--set", "certified-removal.delta=0"],
+     "certified-removal: delta must lie in (0, 1)"),
+    (["--scenario", "profiles-client", "--methods", "npo", "--set", "npo.beta=-1"], "npo: invalid beta=-1.0"),
+    (["--scenario", "digits-backdoor", "--methods", "knowledge-ga"],
+     "method 'knowledge-ga' runs on ['language'] scenarios, not 'classification'"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_trains_nothing(no_training, capsys, argv, message):
     assert main(["bench", *argv, "--no-progress"]) == 2

@@ -264,6 +264,7 @@ class CertifiedRemoval(UnlearningMethod):
 
     name = "certified-removal"
     granularities = frozenset({"records"})
+    scenario_kinds = frozenset({"classification"})
     Config = CertifiedRemovalConfig
     owns_training = True
     sequential_start = "original"  # the anchor statistics belong to θ_o: a later request is cumulative

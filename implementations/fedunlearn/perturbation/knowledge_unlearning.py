@@ -241,6 +241,7 @@ class KnowledgeUnlearning(UnlearningMethod):
 
     name = "knowledge-ga"
     granularities = frozenset({"client", "records"})
+    scenario_kinds = frozenset({"language"})
     Config = KnowledgeUnlearningConfig
 
     def unlearn(self, run: TrainedFederation, request: ForgetRequest, counter: CostCounter) -> State:

@@ -120,6 +120,9 @@ class UnlearningMethod:
 
     name: ClassVar[str] = ""
     granularities: ClassVar[frozenset[str]] = frozenset({"client"})
+    #: Kinds of scenario (``Scenario.kind``) the method runs on: a method that measures text
+    #: memorisation needs a language model, one that trains its own linear head needs features.
+    scenario_kinds: ClassVar[frozenset[str]] = frozenset({"classification", "language"})
     Config: ClassVar[type] = NoConfig
     #: Whether the method trains the federation its own way (see ``train_federation``).
     owns_training: ClassVar[bool] = False
@@ -194,6 +197,13 @@ def check_granularity(method: UnlearningMethod, request: ForgetRequest) -> None:
     if request.kind not in method.granularities:
         raise ForgetRequestError(f"method {method.name!r} serves {sorted(method.granularities)} requests, "
                                  f"not {request.kind!r}")
+
+
+def check_scenario_kind(method: UnlearningMethod, kind: str) -> None:
+    """Raise ``ForgetRequestError`` if ``method`` does not run on scenarios of this kind."""
+    if kind not in method.scenario_kinds:
+        raise ForgetRequestError(f"method {method.name!r} runs on {sorted(method.scenario_kinds)} scenarios, "
+                                 f"not {kind!r}")
 
 
 def run_method(method: UnlearningMethod, run: TrainedFederation, request: ForgetRequest) -> UnlearningResult:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from fedunlearn.federated.requests import ForgetRequestError
-from fedunlearn.unlearning.base import check_granularity
+from fedunlearn.unlearning.base import check_granularity, check_scenario_kind
 from fedunlearn.unlearning.compare import (
     METRIC_HELP,
     Comparison,
@@ -20,7 +20,7 @@ from fedunlearn.unlearning.compare import (
     compare_sequential,
     resolve_methods,
 )
-from fedunlearn.unlearning.registry import MethodSettingError, available_methods, parse_settings
+from fedunlearn.unlearning.registry import MethodSettingError, methods_serving, parse_settings
 from fedunlearn.unlearning.scenarios import SCENARIOS, build_scenario
 
 #: The text of ``fedunlearn bench --help`` (plain text: no LaTeX).
@@ -180,8 +180,7 @@ def _method_list(text: str, scenario: str) -> list[str]:
     names = [m.strip() for m in text.split(",") if m.strip()]
     if names != ["all"]:
         return names
-    kind = build_scenario(scenario, 0).request.kind
-    return [name for name, cls in available_methods().items() if name != "retrain" and kind in cls.granularities]
+    return methods_serving(build_scenario(scenario, 0))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -204,9 +203,10 @@ def run(args: argparse.Namespace) -> int:
         if stray:
             return _fail(f"--set names method(s) {stray} that are not in --methods")
         methods = resolve_methods([(name, settings.get(name, {})) for name in names])
-        request = build_scenario(args.scenario, seeds[0], args.full).restricted(args.num_clients, args.rounds).request
+        first = build_scenario(args.scenario, seeds[0], args.full).restricted(args.num_clients, args.rounds)
         for method in methods:
-            check_granularity(method, request)
+            check_granularity(method, first.request)
+            check_scenario_kind(method, first.kind)
     except (MethodSettingError, ForgetRequestError, ValueError) as exc:
         return _fail(str(exc))
     import torch

@@ -29,7 +29,12 @@ from fedunlearn.federated.costs import state_bytes
 from fedunlearn.federated.requests import split_clients
 from fedunlearn.federated.task import State
 from fedunlearn.unlearning import cache
-from fedunlearn.unlearning.base import UnlearningMethod, check_granularity, run_method
+from fedunlearn.unlearning.base import (
+    UnlearningMethod,
+    check_granularity,
+    check_scenario_kind,
+    run_method,
+)
 from fedunlearn.unlearning.controls import Retrain
 from fedunlearn.unlearning.evaluate import evaluate, gaps_to_oracle, relative_to_oracle
 from fedunlearn.unlearning.registry import MethodSettingError, get_method
@@ -357,6 +362,7 @@ def _prepare(scenario, methods, seeds, full, num_clients, rounds, device):
     first = build_scenario(scenario, seeds[0], full, device).restricted(num_clients, rounds)
     for method in instances:
         check_granularity(method, first.request)
+        check_scenario_kind(method, first.kind)
     return instances, first
 
 

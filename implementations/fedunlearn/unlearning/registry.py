@@ -36,6 +36,13 @@ def available_methods() -> dict[str, type[UnlearningMethod]]:
     return {name: METHODS[name] for name in names}
 
 
+def methods_serving(scenario) -> list[str]:
+    """Registered methods (the oracle ``retrain`` aside) that serve the scenario: its request's
+    granularity and its kind (classification or language)."""
+    return [name for name, cls in available_methods().items() if name != "retrain"
+            and scenario.request.kind in cls.granularities and scenario.kind in cls.scenario_kinds]
+
+
 def _known(name: str) -> type[UnlearningMethod]:
     methods = available_methods()
     if name not in methods:
@@ -88,11 +95,12 @@ def get_method(name: str, **overrides) -> UnlearningMethod:
         if unknown:
             raise MethodSettingError(f"{name} has no setting {', '.join(unknown)}; settings: "
                                      f"{', '.join(names) or '(none)'}")
-        config = replace(config, **{k: _coerce(name, k, hints[k], v) for k, v in overrides.items()})
+        values = {k: _coerce(name, k, hints[k], v) for k, v in overrides.items()}
     try:
-        return cls(config)
-    except (TypeError, ValueError) as exc:
-        raise MethodSettingError(f"{name}: {exc}") from exc
+        return cls(replace(config, **values) if overrides else config)
+    except (TypeError, ValueError) as exc:  # a config that checks its values names field and value
+        message = str(exc)
+        raise MethodSettingError(message if message.startswith(f"{name}:") else f"{name}: {message}") from exc
 
 
 def parse_settings(settings: Iterable[str]) -> dict[str, dict[str, str]]:
