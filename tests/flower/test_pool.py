@@ -325,6 +325,7 @@ def test_lora_adapters_travel_through_the_flower_pool():
 #: Language-model perturbation methods checked through the Flower pool (small budgets).
 LM_FORGETTING_METHODS = [
     ("knowledge-ga", {"max_epochs": 2, "repair_rounds": 1}),
+    ("npo", {"epochs": 1, "repair_rounds": 1}),  # the frozen reference travels with the plan
 ]
 
 
