@@ -16,7 +16,7 @@ trains only through a pool therefore runs on Flower unchanged, and the server ne
 client's examples: even the loss a stopping rule needs is asked of the clients
 ([`ClientPool.evaluate`][fedunlearn.federated.pool.ClientPool.evaluate]), and so is any other
 statistic of their data ([`ClientPool.measure`][fedunlearn.federated.pool.ClientPool.measure], by
-the name of a registered [measure](fedunlearn.federated.measures)).
+the name of a registered [measure][fedunlearn.federated.measures]).
 """
 
 from __future__ import annotations

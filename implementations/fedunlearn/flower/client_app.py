@@ -14,7 +14,7 @@ other down. It answers the three messages of
   state under the received [`LocalPlan`][fedunlearn.federated.training.LocalPlan] and
   [`FederationConfig`][fedunlearn.federated.training.FederationConfig]; it replies with the
   update $\Delta^k_t$, the number of examples trained on and the local steps taken;
-- ``evaluate``: a registered [measure](fedunlearn.federated.measures) of the received state on
+- ``evaluate``: a registered [measure][fedunlearn.federated.measures] of the received state on
   the plan's data, e.g. the loss for a stopping rule (sums and a count, never the examples).
 
 The data order of client ``N`` in round ``t`` is derived from ``(seed, t, N)`` inside
