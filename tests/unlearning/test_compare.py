@@ -245,3 +245,20 @@ def test_not_above_retrain_is_one_sided_and_holds_at_every_seed():
     assert below.not_above_retrain("x", "m")  # far below θ_r at seed 0 is no failure; +1.4 at seed 1 is within
     above = Comparison("s", [0, 1], False, ["x"], [row(0, 1.0, 0.0, -3.0), row(1, 1.0, 2.0, 2.5)])
     assert not above.not_above_retrain("x", "m")  # +1.5 at one seed is outside, although the median gap is -1
+
+
+@pytest.mark.slow
+def test_tradeoff_plot_draws_the_band_inside_the_metric_range(result, tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from fedunlearn.unlearning.bench import tradeoff_plot
+
+    patches = []
+    monkeypatch.setattr(Axes, "add_patch", lambda self, patch: patches.append(patch) or patch)
+    path = tradeoff_plot(result, tmp_path / "t.png", forgetting="forget_quality", utility="test_acc")
+    assert path.stat().st_size > 1000
+    (band,) = patches
+    x0, y0 = band.get_xy()
+    # forget_quality's tolerance (0.95) would reach past 1 from θ_r's 1.0: the band stops at 1
+    assert x0 == pytest.approx(1.0 - result.aggregate["band"]["forget_quality"]) and x0 + band.get_width() == 1.0
+    assert y0 == pytest.approx(result.value("retrain", "test_acc") - result.aggregate["band"]["test_acc"])

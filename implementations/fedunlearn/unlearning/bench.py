@@ -81,13 +81,22 @@ def tradeoff_plot(result: Comparison, path: str | Path, forgetting: str, utility
     agg = result.aggregate
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     x_r, y_r = result.value("retrain", forgetting), result.value("retrain", utility)
-    band_x, band_y = agg["band"][forgetting], agg["band"][utility]
-    ax.add_patch(Rectangle((x_r - band_x, y_r - band_y), 2 * band_x, 2 * band_y, color="tab:green", alpha=0.15,
-                           label="retrain band"))
+    labels = [label for label in result.methods if label != "do-nothing"]
+
+    def span(metric: str, centre: float) -> tuple[float, float]:
+        """The band around θ_r's value, clipped to [0, 1] when every value shown lies there (a
+        probability, an accuracy, a p-value)."""
+        low, high = centre - agg["band"][metric], centre + agg["band"][metric]
+        shown = [centre, result.value("original", metric), *(result.value(label, metric) for label in labels)]
+        if all(0.0 <= v <= 1.0 for v in shown):
+            low, high = max(low, 0.0), min(high, 1.0)
+        return low, high
+
+    (x0, x1), (y0, y1) = span(forgetting, x_r), span(utility, y_r)
+    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, color="tab:green", alpha=0.15, label="retrain band"))
     ax.scatter([x_r], [y_r], marker="*", s=160, color="tab:green", label="θ_r (retrain)", zorder=3)
     ax.scatter([result.value("original", forgetting)], [result.value("original", utility)], marker="X", s=80,
                color="black", label="θ_o (original)", zorder=3)
-    labels = [label for label in result.methods if label != "do-nothing"]
     rhos = [result.rho(label) for label in labels]
     points = ax.scatter([result.value(label, forgetting) for label in labels],
                         [result.value(label, utility) for label in labels], c=rhos, cmap="viridis",
