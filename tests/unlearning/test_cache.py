@@ -139,3 +139,31 @@ def test_an_evaluation_is_computed_once_per_state_and_code(scenario, monkeypatch
     for file in (cache._root().parent / "evaluations").glob("*.json"):
         file.write_text("{")  # damaged: recomputed, never trusted
     assert cache.evaluation(scenario, run.final_state, run.model) == first and len(calls) == 3
+
+
+def test_a_method_serves_a_request_once_per_start_and_code(scenario, monkeypatch):
+    """The same method on the same request from the same model is run once (a test and a notebook
+    share it); another start state, another config or a damaged file runs it again."""
+    from fedunlearn.unlearning.registry import get_method
+
+    runs = count_calls(monkeypatch, "run_method")
+    run = cache.trained_federation(scenario)
+    method = get_method("continue-fedavg", rounds=1)
+    first = cache.unlearned(scenario, run, method, scenario.request)
+    again = cache.unlearned(scenario, run, method, scenario.request)
+    assert len(runs) == 1 and same(first.state, again.state) and first.cost.as_dict() == again.cost.as_dict()
+    cache.unlearned(scenario, run, get_method("continue-fedavg", rounds=2), scenario.request)
+    moved = {k: v + 1.0 for k, v in run.final_state.items()}
+    cache.unlearned(scenario, replace(run, final_state=moved), method, scenario.request)  # a sequence's next start
+    assert len(runs) == 3
+    (damaged,) = [p for p in (scenario_root(scenario) / "unlearned").glob("*/state.safetensors")
+                  if json.loads((p.parent / "meta.json").read_text())["material"]["config"] == {"rounds": 1}
+                  and json.loads((p.parent / "meta.json").read_text())["material"]["start"]
+                  == cache._state_digest(run.final_state)]
+    damaged.write_bytes(b"garbage")
+    again = cache.unlearned(scenario, run, method, scenario.request)
+    assert len(runs) == 4 and same(first.state, again.state)
+
+
+def scenario_root(scenario):
+    return cache._root().parent

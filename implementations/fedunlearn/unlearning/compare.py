@@ -398,7 +398,7 @@ def _seed_row(sc, instances: list[UnlearningMethod], timing: bool, bar,
                else runs[method.history_interval() or sc.config.record_every])
         if deployed and method.label in deployed and method.sequential_start == "deployed":
             run = replace(run, final_state=deployed[method.label])
-        result = run_method(method, run, sc.request)
+        result = run_method(method, run, sc.request) if timing else cache.unlearned(sc, run, method, sc.request)
         served[method.label] = result.state
         evaluation = cache.evaluation(sc, result.state, run.model)  # methods are deterministic: same state, same row
         referee, referee_cost, own = oracle, oracle_cost, {}
