@@ -149,6 +149,11 @@ def test_cli_set_changes_a_config(capsys):
     (["--scenario", "profiles-client", "--methods", "npo", "--set", "npo.beta=-1"], "npo: invalid beta=-1.0"),
     (["--scenario", "digits-backdoor", "--methods", "knowledge-ga"],
      "method 'knowledge-ga' runs on ['language'] scenarios, not 'classification'"),
+    # the decomposition family (issue 12): a setting that does not fit the scenario, a model without channels
+    (["--scenario", "digits-backdoor", "--methods", "sisa", "--set", "sisa.shards=6", "--num-clients", "5"],
+     "sisa: shards=6 exceeds the number of clients (5) of 'digits-backdoor'"),
+    (["--scenario", "digits-class", "--methods", "class-pruning"],
+     "method 'class-pruning' runs only on scenario(s) ['digits-class-cnn'], not 'digits-class'"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_trains_nothing(no_training, capsys, argv, message):
     assert main(["bench", *argv, "--no-progress"]) == 2

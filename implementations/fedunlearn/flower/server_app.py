@@ -157,7 +157,8 @@ def train(pool: FlowerPool, settings: RunSettings, scenario: Scenario, out: Path
         if method.owns_training:
             setup = TrainedFederation(task, pool, scenario.config, init_state, {}, history, CostCounter(), model,
                                       scenario.server_inputs)
-            run = method.train_federation(setup)
+            declared = {"request": scenario.request} if method.trains_for_request else {}
+            run = method.train_federation(setup, **declared)
             run.history.metadata.update(facts, method=method.label)
             run.history.extras = dict(run.extras)
         else:

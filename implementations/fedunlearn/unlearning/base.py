@@ -123,9 +123,16 @@ class UnlearningMethod:
     #: Kinds of scenario (``Scenario.kind``) the method runs on: a method that measures text
     #: memorisation needs a language model, one that trains its own linear head needs features.
     scenario_kinds: ClassVar[frozenset[str]] = frozenset({"classification", "language"})
+    #: Names of the only scenarios the method runs on (empty: any of its kinds), e.g. a method that
+    #: prunes channels needs the scenario whose model has prunable channels.
+    scenarios: ClassVar[frozenset[str]] = frozenset()
     Config: ClassVar[type] = NoConfig
     #: Whether the method trains the federation its own way (see ``train_federation``).
     owns_training: ClassVar[bool] = False
+    #: Whether that training depends on a request declared in advance (FedAU's auxiliary head
+    #: learns what it will unlearn): ``train_federation`` then receives ``request=`` and the
+    #: cached federation is keyed by the request.
+    trains_for_request: ClassVar[bool] = False
     #: In a sequence of requests, what ``run.final_state`` is when request $k > 1$ arrives:
     #: ``"deployed"`` (the model the method served after request $k-1$) or ``"original"``
     #: ($\theta_o$, for methods that subtract from or measure against it; they receive the
@@ -158,6 +165,10 @@ class UnlearningMethod:
         """The model instance the states of this method's training phase load into (default: the
         scenario's; a method that owns its training may train another kind of model)."""
         return setup.model
+
+    def validate(self, scenario) -> None:
+        """Raise ``ValueError`` naming the setting and value if this configuration cannot run on
+        ``scenario`` (e.g. more shards than clients); called before anything trains."""
 
     def unlearn(self, run: TrainedFederation, request: ForgetRequest, counter: CostCounter) -> State:
         """Return the unlearned state; count all work in ``counter``."""
@@ -199,11 +210,17 @@ def check_granularity(method: UnlearningMethod, request: ForgetRequest) -> None:
                                  f"not {request.kind!r}")
 
 
-def check_scenario_kind(method: UnlearningMethod, kind: str) -> None:
-    """Raise ``ForgetRequestError`` if ``method`` does not run on scenarios of this kind."""
-    if kind not in method.scenario_kinds:
+def check_scenario(method: UnlearningMethod, scenario) -> None:
+    """Raise ``ForgetRequestError`` if ``method`` does not run on ``scenario`` (its kind, or its name
+    when the method names the scenarios it runs on), ``ValueError`` if its configuration does not
+    fit the scenario ([`validate`][fedunlearn.unlearning.base.UnlearningMethod.validate])."""
+    if scenario.kind not in method.scenario_kinds:
         raise ForgetRequestError(f"method {method.name!r} runs on {sorted(method.scenario_kinds)} scenarios, "
-                                 f"not {kind!r}")
+                                 f"not {scenario.kind!r}")
+    if method.scenarios and scenario.name not in method.scenarios:
+        raise ForgetRequestError(f"method {method.name!r} runs only on scenario(s) {sorted(method.scenarios)}, "
+                                 f"not {scenario.name!r}")
+    method.validate(scenario)
 
 
 def run_method(method: UnlearningMethod, run: TrainedFederation, request: ForgetRequest) -> UnlearningResult:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from fedunlearn.federated.requests import ForgetRequestError
-from fedunlearn.unlearning.base import check_granularity, check_scenario_kind
+from fedunlearn.unlearning.base import check_granularity, check_scenario
 from fedunlearn.unlearning.compare import (
     METRIC_HELP,
     Comparison,
@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
         first = build_scenario(args.scenario, seeds[0], args.full).restricted(args.num_clients, args.rounds)
         for method in methods:
             check_granularity(method, first.request)
-            check_scenario_kind(method, first.kind)
+            check_scenario(method, first)
     except (MethodSettingError, ForgetRequestError, ValueError) as exc:
         return _fail(str(exc))
     import torch

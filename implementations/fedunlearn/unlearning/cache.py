@@ -83,10 +83,8 @@ def federation_key(scenario: Scenario, method: UnlearningMethod | None = None) -
     federation shares $\theta_o$; its oracles are stored per request."""
     fingerprint = scenario.fingerprint()
     fingerprint["config"] = {**fingerprint["config"], "record_every": 1}  # recording does not change training
-    # --- fedau (issue 12): a training phase that depends on the request (FedAU's) is keyed by it ---
-    if not getattr(method, "trains_for_request", False):
+    if method is None or not method.trains_for_request:  # a training phase for a declared request is keyed by it
         del fingerprint["request"]
-    # --- end fedau ---
     material = {"scenario": fingerprint, "source": source_digest(*TRAINING_SOURCES),
                 "torch": torch.__version__}
     if method is not None and method.owns_training:
@@ -167,10 +165,8 @@ def _every_round(scenario: Scenario, method: UnlearningMethod | None, progress: 
 
     def train() -> TrainedFederation:
         if method is not None and method.owns_training:
-            # --- fedau (issue 12): a method that trains for a request declared in advance is told it ---
-            if getattr(method, "trains_for_request", False):
+            if method.trains_for_request:
                 return method.train_federation(setup, progress=progress, request=scenario.request)
-            # --- end fedau ---
             return method.train_federation(setup, progress=progress)
         return train_federation(setup.task, setup.pool, config, setup.init_state, progress=progress,
                                 server_inputs=scenario.server_inputs, model=model)

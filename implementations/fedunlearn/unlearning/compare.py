@@ -32,7 +32,7 @@ from fedunlearn.unlearning import cache
 from fedunlearn.unlearning.base import (
     UnlearningMethod,
     check_granularity,
-    check_scenario_kind,
+    check_scenario,
     run_method,
 )
 from fedunlearn.unlearning.controls import Retrain
@@ -362,7 +362,7 @@ def _prepare(scenario, methods, seeds, full, num_clients, rounds, device):
     first = build_scenario(scenario, seeds[0], full, device).restricted(num_clients, rounds)
     for method in instances:
         check_granularity(method, first.request)
-        check_scenario_kind(method, first.kind)
+        check_scenario(method, first)
     return instances, first
 
 

@@ -38,9 +38,11 @@ def available_methods() -> dict[str, type[UnlearningMethod]]:
 
 def methods_serving(scenario) -> list[str]:
     """Registered methods (the oracle ``retrain`` aside) that serve the scenario: its request's
-    granularity and its kind (classification or language)."""
+    granularity, its kind (classification or language) and, for a method that names the scenarios
+    it runs on, its name."""
     return [name for name, cls in available_methods().items() if name != "retrain"
-            and scenario.request.kind in cls.granularities and scenario.kind in cls.scenario_kinds]
+            and scenario.request.kind in cls.granularities and scenario.kind in cls.scenario_kinds
+            and (not cls.scenarios or scenario.name in cls.scenarios)]
 
 
 def _known(name: str) -> type[UnlearningMethod]:

@@ -9,6 +9,9 @@
 | ``digits-client`` | digits, small clients | 10 clients, many local epochs (memorisation regime) | forget honest client 0 |
 | ``digits-class`` | digits | 10 clients, IID | forget class 3 |
 | ``digits-records`` | digits | 10 clients, IID | forget 100 seeded records, spread over the clients |
+| ``digits-class-cnn`` | digits, small CNN | 10 clients, IID | forget class 3 |
+| ``digits-class-aux`` | digits, MLP with an auxiliary head | 10 clients, IID | forget class 3 |
+| ``digits-backdoor-records`` | digits, MLP with an auxiliary head | as ``digits-backdoor`` | forget client 0's triggered records |
 | ``profiles-client`` | fictitious people, tiny LM + LoRA | clients by owner | forget client 0 |
 | ``profiles-person`` | same | same | forget one person's records (incl. canary) |
 | ``profiles-sequential`` | same, 8 clients of 3 people | same | forget clients 0, 1, 2, 3 one request after another |
@@ -290,6 +293,67 @@ def digits_records(seed: int = 0, full: bool = False, device: str | None = None)
 # --- end certified-removal -------------------------------------------------------------------
 
 
+# --- class-pruning (issue 12) ------------------------------------------------------------------
+def digits_class_cnn(seed: int = 0, full: bool = False, device: str | None = None) -> Scenario:
+    """``digits-class`` (10 IID clients, forget class 3) with a small CNN
+    ([`DigitsCNN`][fedunlearn.models.cnn.DigitsCNN]) in place of the MLP: channel pruning needs
+    convolution channels."""
+    from fedunlearn.models.cnn import DigitsCNN
+
+    scenario = _digits("digits-class-cnn", seed, full, device or default_device(), request=ForgetRequest.forget_class(3))
+    return replace(scenario, task=ClassificationTask(DigitsCNN, init_seed=seed, device=scenario.task.device))
+# --- end class-pruning -------------------------------------------------------------------------
+
+
+# --- fedau (issue 12) --------------------------------------------------------------------------
+class AuxHeadMLP(nn.Module):
+    """[`DigitsMLP`][fedunlearn.models.mlp.DigitsMLP] (``main``) plus an auxiliary linear head
+    (``aux``) on its last hidden layer. ``forward`` is the main network's: the auxiliary head is
+    idle unless an objective trains it (FedAU's), so FedAvg on this model trains the same MLP as
+    the plain scenario (built first under the same seed: the same $w_0$).
+
+    Args:
+        hidden: Width of the hidden layers.
+        num_classes: Output classes (of both heads).
+    """
+
+    def __init__(self, hidden: int = 64, num_classes: int = 10) -> None:
+        super().__init__()
+        self.main = DigitsMLP(hidden=hidden, num_classes=num_classes)
+        self.aux = nn.Linear(hidden, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer (what both heads read)."""
+        for layer in list(self.main)[:-1]:
+            x = layer(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the main head."""
+        return self.main(x)
+
+
+def _with_aux_head(scenario: Scenario, name: str) -> Scenario:
+    return replace(scenario, name=name, task=ClassificationTask(AuxHeadMLP, init_seed=scenario.seed,
+                                                                device=scenario.task.device))
+
+
+def digits_class_aux(seed: int = 0, full: bool = False, device: str | None = None) -> Scenario:
+    """``digits-class`` (forget class 3) on [`AuxHeadMLP`][fedunlearn.unlearning.scenarios.AuxHeadMLP]."""
+    return _with_aux_head(digits_class(seed, full, device), "digits-class-aux")
+
+
+def digits_backdoor_records(seed: int = 0, full: bool = False, device: str | None = None) -> Scenario:
+    """``digits-backdoor``'s federation on [`AuxHeadMLP`][fedunlearn.unlearning.scenarios.AuxHeadMLP];
+    forget client 0's triggered (poisoned) records only, keeping its clean ones."""
+    from fedunlearn.data.federated_digits import is_poisoned
+
+    scenario = _with_aux_head(digits_backdoor(seed, full, device), "digits-backdoor-records")
+    ids = scenario.clients[0].record_ids
+    return replace(scenario, request=ForgetRequest.forget_records(ids[is_poisoned(ids)].tolist()))
+# --- end fedau ---------------------------------------------------------------------------------
+
+
 def _profiles(name: str, seed: int, full: bool, person: bool, device: str, num_clients: int = 4,
               people_per_client: int = 5, sequence: tuple[tuple[int, ...], ...] = ()) -> Scenario:
     task = LoraCausalLMTask(init_seed=seed, device=device)
@@ -339,6 +403,9 @@ SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "digits-client": digits_client,
     "digits-class": digits_class,
     "digits-records": digits_records,  # certified-removal entry (issue 11)
+    "digits-class-cnn": digits_class_cnn,  # class-pruning entry (issue 12)
+    "digits-class-aux": digits_class_aux,  # fedau entry (issue 12)
+    "digits-backdoor-records": digits_backdoor_records,  # fedau entry (issue 12)
     "profiles-client": profiles_client,
     "profiles-person": profiles_person,
     "profiles-sequential": profiles_sequential,
