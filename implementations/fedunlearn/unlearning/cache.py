@@ -250,7 +250,8 @@ def unlearned(scenario: Scenario, run: TrainedFederation, method: UnlearningMeth
     served state) with the same code (the whole package's source). Methods are deterministic, so a
     test and a notebook that ask the same comparison share the work. A cached cost's wall time is
     the one measured when it was computed, in another process: ``compare(..., timing=True)``
-    bypasses this cache."""
+    bypasses this cache. A function patched at run time (a test's broken-step control) is not in
+    the key: such a test replaces ``cache.unlearned`` by ``run_method``."""
     if not enabled():
         return run_method(method, run, request)
     material = {"federation": federation_key(scenario, method if method.owns_training else None)[0],
