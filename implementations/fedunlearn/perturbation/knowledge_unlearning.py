@@ -48,11 +48,10 @@ from fedunlearn.federated.objectives import GradientAscent
 from fedunlearn.federated.requests import ForgetRequest, ForgetRequestError
 from fedunlearn.federated.task import State, Task
 from fedunlearn.federated.training import OPTIMIZERS, LocalPlan
-from fedunlearn.models.decoding import greedy_continuations, teacher_forced
+from fedunlearn.models.decoding import teacher_forced
 from fedunlearn.perturbation.forgetting import forget_locally, forgetting_clients, repair_rounds
-from fedunlearn.unlearning import metrics
 from fedunlearn.unlearning.base import TrainedFederation, UnlearningMethod, register_method
-from fedunlearn.unlearning.evaluate import EL_N
+from fedunlearn.unlearning.evaluate import el_ma
 
 Batch = dict[str, torch.Tensor]
 MEASURE = "knowledge-el-ma"
@@ -110,49 +109,11 @@ class KnowledgeUnlearningConfig:
             raise ValueError(f"knowledge-ga: invalid optimizer={self.optimizer!r}; known: {OPTIMIZERS.names()}")
 
 
-def _answer_split(tensors: Batch, row: int) -> tuple[list[int], list[int]]:
-    """Prompt and answer token ids of one encoded record (answer = tokens with a label)."""
-    length = int(tensors["attention_mask"][row].sum())
-    ids = tensors["input_ids"][row, :length].tolist()
-    start = int((tensors["labels"][row, :length] != -100).nonzero()[0])
-    return ids[:start], ids[start:]
-
-
-@torch.no_grad()
-def el_ma(model: nn.Module, tensors: Batch, n: int = EL_N) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Per record: $\mathrm{EL}_n$ of its answer (greedy continuations after every answer prefix
-    that leaves $n$ tokens) and MA (teacher-forced arg-max hits over answer tokens), as
-    [`evaluate`][fedunlearn.unlearning.evaluate] computes them.
-
-    Only prefixes where the model's arg-max misses the next answer token are decoded: after a hit
-    the greedy continuation is that token followed by the continuation of the next prefix.
-    """
-    _, hits, mask = teacher_forced(model, tensors)
-    rows, jobs = [], []
-    for row in range(len(hits)):
-        prompt, answer = _answer_split(tensors, row)
-        hit, last = hits[row][mask[row]].tolist(), len(answer) - n
-        starts = [t for t in range(last + 1) if not hit[t]] + ([last + 1] if hit[last] else [])
-        jobs += [(row, t, prompt + answer[:t], len(answer) - t) for t in starts]
-        rows.append((answer, hit, last))
-    decoded = greedy_continuations(model, [j[2] for j in jobs], [j[3] for j in jobs])
-    known = {(j[0], j[1]): c for j, c in zip(jobs, decoded, strict=True)}
-    el = []
-    for row, (answer, hit, last) in enumerate(rows):
-        continuation, continuations = known.get((row, last + 1), []), []
-        for t in range(last, -1, -1):  # backwards: a hit extends the next prefix's continuation
-            continuation = [answer[t], *continuation] if hit[t] else known[(row, t)]
-            continuations.append(continuation)
-        rests = [answer[t:] for t in range(last, -1, -1)]
-        el.append(metrics.extraction_likelihood(continuations, rests, n))
-    return torch.tensor(el), hits.sum(-1).float() / mask.sum(-1).clamp(min=1)
-
-
 @register_measure(MEASURE)
 def el_ma_sums(task: Task, model: nn.Module, state: State, batch: Batch) -> dict[str, torch.Tensor]:
     r"""The client measure: $\sum \mathrm{EL}_4$ and $\sum \mathrm{MA}$ over the batch's records."""
     el, ma = el_ma(model, batch)
-    return {"el": el.sum(), "ma": ma.sum()}
+    return {"el": el.float().sum(), "ma": ma.sum()}
 
 
 def unseen_thresholds(task: Task, model: nn.Module, state: Mapping[str, torch.Tensor], records) -> tuple[float, float]:
@@ -160,7 +121,7 @@ def unseen_thresholds(task: Task, model: nn.Module, state: Mapping[str, torch.Te
     people nobody trained on (e.g. ``scenario.validation_records``), computed where they are held."""
     task.set_state(model, state)
     el, ma = el_ma(model, task.encode(list(records)))
-    return float(el.mean()), float(ma.mean())
+    return float(el.float().mean()), float(ma.mean())
 
 
 @torch.no_grad()

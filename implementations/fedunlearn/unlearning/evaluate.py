@@ -154,37 +154,51 @@ def _exposures(model: nn.Module, scenario: Scenario, canaries: list[QARecord]) -
     return out
 
 
-def _el_ma(model: nn.Module, scenario: Scenario, records: list[QARecord]) -> tuple[float, float]:
-    r"""Mean $\mathrm{EL}_n$ and MA over records (answer tokens, end token included, after the prompt).
+def _answer_split(tensors: dict[str, torch.Tensor], row: int) -> tuple[list[int], list[int]]:
+    """Prompt and answer token ids of one encoded record (answer = the labelled tokens, end token included)."""
+    length = int(tensors["attention_mask"][row].sum())
+    ids = tensors["input_ids"][row, :length].tolist()
+    start = int((tensors["labels"][row, :length] != -100).nonzero()[0])
+    return ids[:start], ids[start:]
+
+
+@torch.no_grad()
+def el_ma(model: nn.Module, tensors: dict[str, torch.Tensor], n: int = EL_N,
+          pad_token_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Per encoded record: $\mathrm{EL}_n$ of its answer (greedy continuations after every answer
+    prefix that leaves $n$ tokens) and MA (teacher-forced arg-max hits over answer tokens).
 
     Greedy continuations are decoded only where needed: when the teacher-forced arg-max after
     prefix $t$ is the true token $x_t$, the greedy continuation from $t$ is $x_t$ followed by the
     one from $t + 1$ (same context), so only the positions where the model errs are decoded.
+    Clients compute the same numbers on their own records (knowledge unlearning's stopping rule).
     """
-    tokenizer = scenario.task.tokenizer
-    _, hits, mask = teacher_forced(model, scenario.task.encode(records), BATCH)
-    answers, jobs = [], []
-    for index, record in enumerate(records):
-        answer = tokenizer(record.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        hit = hits[index][mask[index]].tolist()
-        last = len(answer) - EL_N  # prefixes t = 0 .. last keep at least n tokens to continue
-        needed = [t for t in range(last + 1) if not hit[t]] + ([last + 1] if hit[last] else [])
-        answers.append((answer, hit, last))
-        prompt = tokenizer(record.prompt, add_special_tokens=False)["input_ids"]
-        jobs += [(index, t, prompt + answer[:t], len(answer) - t) for t in needed]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    decoded = greedy_continuations(model, [j[2] for j in jobs], [j[3] for j in jobs], pad_token_id=pad)
+    _, hits, mask = teacher_forced(model, tensors, BATCH)
+    rows, jobs = [], []
+    for row in range(len(hits)):
+        prompt, answer = _answer_split(tensors, row)
+        hit, last = hits[row][mask[row]].tolist(), len(answer) - n  # prefixes t = 0 .. last keep n tokens
+        starts = [t for t in range(last + 1) if not hit[t]] + ([last + 1] if hit[last] else [])
+        jobs += [(row, t, prompt + answer[:t], len(answer) - t) for t in starts]
+        rows.append((answer, hit, last))
+    decoded = greedy_continuations(model, [j[2] for j in jobs], [j[3] for j in jobs], pad_token_id=pad_token_id)
     known = {(j[0], j[1]): c for j, c in zip(jobs, decoded, strict=True)}
-    els = []
-    for index, (answer, hit, last) in enumerate(answers):
-        continuation = known.get((index, last + 1), [])
-        overlaps = []
-        for t in range(last, -1, -1):
-            continuation = known[(index, t)] if not hit[t] else [answer[t], *continuation]
-            overlaps.append(metrics.ngram_overlap(continuation, answer[t:], EL_N))
-        els.append(sum(overlaps) / len(overlaps))
-    mas = hits.sum(-1).float() / mask.sum(-1).clamp(min=1)
-    return sum(els) / len(els), float(mas.mean())
+    el = []
+    for row, (answer, hit, last) in enumerate(rows):
+        continuation, continuations = known.get((row, last + 1), []), []
+        for t in range(last, -1, -1):  # backwards: a hit extends the next prefix's continuation
+            continuation = [answer[t], *continuation] if hit[t] else known[(row, t)]
+            continuations.append(continuation)
+        el.append(metrics.extraction_likelihood(continuations, [answer[t:] for t in range(last, -1, -1)], n))
+    return torch.tensor(el, dtype=torch.float64), hits.sum(-1).float() / mask.sum(-1).clamp(min=1)
+
+
+def _el_ma(model: nn.Module, scenario: Scenario, records: list[QARecord]) -> tuple[float, float]:
+    r"""Mean $\mathrm{EL}_n$ and MA over records (see [`el_ma`][fedunlearn.unlearning.evaluate.el_ma])."""
+    tokenizer = scenario.task.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    el, ma = el_ma(model, scenario.task.encode(records), pad_token_id=pad)
+    return sum(el.tolist()) / len(el), float(ma.mean())
 
 
 def _truth_ratios(model: nn.Module, scenario: Scenario, items: list[TruthItem]) -> torch.Tensor:
