@@ -36,6 +36,16 @@ Method and setting names are checked, and each method's request granularity agai
 scenario, before anything trains."""
 
 
+def _save(fig, path: str | Path, **options) -> Path:
+    """Write ``fig`` to ``path`` (120 dpi) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig.savefig(path, dpi=120, **options)
+    plt.close(fig)
+    return path
+
+
 def pareto_plot(result: Comparison, path: str | Path, metric: str | None = None) -> Path:
     """Scatter of ρ_steps against |gap to retrain| of one metric (default: the scenario's first
     informative forgetting metric), one point per method (median over seeds)."""
@@ -60,10 +70,7 @@ def pareto_plot(result: Comparison, path: str | Path, metric: str | None = None)
     ax.set_title(f"{result.scenario}: cost vs distance to retraining")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def tradeoff_plot(result: Comparison, path: str | Path, forgetting: str, utility: str,
@@ -110,10 +117,7 @@ def tradeoff_plot(result: Comparison, path: str | Path, forgetting: str, utility
     ax.set_title(title or f"{result.scenario}: utility vs forgetting")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 #: Metrics followed across a sequence of requests (those the scenario has).
@@ -146,10 +150,7 @@ def sequence_plot(steps: list[Comparison], path: str | Path) -> Path:
         ax.axis("off")
     cells[len(metrics)].legend(handles, labels, fontsize=8, loc="center")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path, bbox_inches="tight")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
