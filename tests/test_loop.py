@@ -174,6 +174,26 @@ def test_empty_client_is_an_error(task, init_state) -> None:
         )
 
 
+def test_a_plan_can_train_named_parameters_only() -> None:
+    """FUSED's partial training: what the plan names trains, the rest comes back unchanged (a zero
+    update); the names survive the plan's round trip through its Flower config. Control: the same
+    plan without ``trainable`` moves both layers."""
+    task = ClassificationTask(lambda: nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)), init_seed=0)
+    start = task.get_state(task.build_model())
+    data = make_clients()[2]
+    plan = LocalPlan(trainable=("2",))
+    assert LocalPlan.from_config(plan.to_config()) == plan
+    update, _ = client_update(task, task.build_model(), start, data, FederationConfig(), 0, plan, CostCounter())
+    assert all(float(update[k].abs().sum()) == 0 for k in ("0.weight", "0.bias"))
+    assert float(update["2.weight"].abs().sum()) > 0
+    everything, _ = client_update(task, task.build_model(), start, data, FederationConfig(), 0, LocalPlan(),
+                                  CostCounter())
+    assert float(everything["0.weight"].abs().sum()) > 0
+    with pytest.raises(ValueError, match=r"no trainable parameter matches \['9'\]"):
+        client_update(task, task.build_model(), start, data, FederationConfig(), 0, LocalPlan(trainable=("9",)),
+                      CostCounter())
+
+
 # --------------------------------------------------------------------------- history
 
 

@@ -128,6 +128,9 @@ class LocalPlan:
         lr: Overrides ``FederationConfig.lr``.
         optimizer_options: Extra keyword arguments of the optimiser factory.
         states: Named states the objective needs (sent with the plan, counted as bytes down).
+        trainable: Parameter-name prefixes (``model.named_parameters()`` names) that train; the
+            rest of the trainable state stays as sent (an update of exactly zero there). Empty:
+            every trainable parameter (FUSED trains adapters on its critical layers only).
     """
 
     data: str = "all"
@@ -139,8 +142,10 @@ class LocalPlan:
     lr: float | None = None
     optimizer_options: tuple[tuple[str, float], ...] = ()
     states: Mapping[str, State] = field(default_factory=dict, compare=False, repr=False)
+    trainable: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "trainable", tuple(self.trainable))  # a list after a Flower round trip
         if self.data not in ("all", "retained", "forgotten"):
             raise ValueError(f"plan data must be 'all', 'retained' or 'forgotten', got {self.data!r}")
         if self.data != "all" and self.request is None:
@@ -181,6 +186,10 @@ class LocalPlan:
             value = getattr(self, f.name)
             if f.name in ("data", "states", "request", "objective", "optimizer_options") or value is None:
                 continue
+            if f.name == "trainable":
+                if value:
+                    out[f.name] = list(value)
+                continue
             out[f.name] = value
         if self.request is not None:
             out.update({f"request.{k}": v for k, v in request_to_dict(self.request).items()})
@@ -209,7 +218,7 @@ def local_train(task: Task, model: nn.Module, start_state: Mapping[str, torch.Te
                 tensors: Mapping[str, torch.Tensor], config: FederationConfig, steps: int, seed: int,
                 counter: CostCounter, *, objective: Objective | None = None,
                 states: Mapping[str, State] | None = None, optimizer_options: Mapping[str, float] | None = None,
-                step_kind: str = "client_steps") -> State:
+                step_kind: str = "client_steps", trainable: tuple[str, ...] = ()) -> State:
     """Train ``model`` from ``start_state`` for ``steps`` mini-batches of ``tensors``.
 
     Args:
@@ -225,6 +234,7 @@ def local_train(task: Task, model: nn.Module, start_state: Mapping[str, torch.Te
         states: Named states the objective needs.
         optimizer_options: Extra keyword arguments of the optimiser factory.
         step_kind: Which counter field a step adds to.
+        trainable: Parameter-name prefixes that train (empty: all; see ``LocalPlan.trainable``).
 
     Returns:
         The trained state.
@@ -235,7 +245,10 @@ def local_train(task: Task, model: nn.Module, start_state: Mapping[str, torch.Te
     columns = {**tensors, **objective.prepare(task, model, dict(tensors), states)}
     task.set_state(model, start_state)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for name, p in model.named_parameters() if p.requires_grad
+              and (not trainable or any(name == t or name.startswith(t + ".") for t in trainable))]
+    if not params:
+        raise ValueError(f"no trainable parameter matches {list(trainable)}")
     optimizer = OPTIMIZERS.get(config.optimizer)(params, lr=config.lr, momentum=config.momentum,
                                                  **dict(optimizer_options or {}))
     generator = torch.Generator().manual_seed(seed)
@@ -271,5 +284,5 @@ def client_update(task: Task, model: nn.Module, global_state: Mapping[str, torch
     seed = derived_seed(config.seed, round_index, data.client_id)
     trained = local_train(task, model, global_state, selected.tensors, schedule, steps, seed, counter,
                           objective=plan.objective, states=plan.states,
-                          optimizer_options=dict(plan.optimizer_options))
+                          optimizer_options=dict(plan.optimizer_options), trainable=plan.trainable)
     return state_difference(trained, global_state), selected.num_samples

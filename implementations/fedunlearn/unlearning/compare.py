@@ -126,7 +126,10 @@ class Comparison:
         full: Whether the scenario's larger configuration ran.
         methods: Method labels in the order given.
         per_seed: One dict per seed: ``oracle``, ``oracle_second_seed`` and ``original`` metrics,
-            ``oracle_cost``, and per method ``metrics``, ``gaps``, ``cost``, ``rho_*``.
+            ``oracle_cost``, ``original_cost`` (θ_o's training), and per method ``metrics``,
+            ``gaps``, ``cost``, ``rho_*``; a method that owns its training adds ``own_oracle``
+            (and its cost), ``trained_metrics`` (its model before unlearning), ``training_cost``
+            and ``extras_storage_models`` (the extra states it keeps, in models).
         num_clients: Clients kept (0 = the scenario's).
         rounds: Training rounds asked for (0 = the scenario's).
         config: The federation config that ran (of the first seed; ``config["rounds"]`` is the
@@ -390,7 +393,7 @@ def _seed_row(sc, instances: list[UnlearningMethod], timing: bool, bar,
     bar.update()
     row = {"seed": sc.seed, "oracle": oracle, "oracle_second_seed": second,
            "original": judged(cache.evaluation(sc, base.final_state, base.model)),
-           "oracle_cost": oracle_cost.as_dict(), "methods": {}}
+           "oracle_cost": oracle_cost.as_dict(), "original_cost": base.cost.as_dict(), "methods": {}}
     model_bytes = state_bytes(base.final_state)
     served = {}
     for method in instances:
@@ -410,7 +413,9 @@ def _seed_row(sc, instances: list[UnlearningMethod], timing: bool, bar,
             referee_cost = retrained.cost
             values = {**evaluation.metrics, **relative_to_oracle(evaluation, own_evaluation)}
             own = {"own_oracle": referee, "own_oracle_cost": referee_cost.as_dict(),
-                   "trained_metrics": evaluate(sc, run.final_state, run.model)}
+                   "trained_metrics": evaluate(sc, run.final_state, run.model),
+                   "training_cost": run.cost.as_dict(),  # its training phase, beside FedAvg's θ_o
+                   "extras_storage_models": sum(state_bytes(x) for x in run.extras.values()) / model_bytes}
         else:
             values = judged(evaluation)
         cost = result.cost
