@@ -21,8 +21,9 @@
 # much more slowly. This notebook forgets one client of a federated LoRA language model by local
 # NPO (then repair rounds), and runs GA through the same code path and budget.
 #
-# Smoke size by default (three seeds at the shared smoke cut; a few minutes of CPU on a fresh
-# cache, far less when the federations are cached); `FULL=1` runs five seeds.
+# Smoke size by default: seed 0 at the shared smoke cut (its federation and oracles are shared
+# with the other language-model entries). `FULL=1` runs five seeds, among them the claim's three;
+# the test suite asserts the claim over those three at smoke size.
 
 # %% [markdown]
 # ## The claim (reported)
@@ -84,7 +85,7 @@ display(Markdown(entry.claims_markdown()))
 
 # %%
 FULL = os.environ.get("FULL") == "1"
-SEEDS = (0, 1, 2, 3, 4) if FULL else CLAIM_SEEDS
+SEEDS = (0, 1, 2, 3, 4) if FULL else (0,)  # the claim's seeds (CLAIM_SEEDS) need FULL=1 here; the tests assert them
 torch.set_num_threads(1)
 CONFIG = NPOConfig()
 NPO, GA = "npo", "npo[objective=ascent]"
@@ -204,7 +205,10 @@ def verdict(holds: bool) -> str:
 
 held = sum(r["holds"] for r in rows)
 separated = sum(r["collapses"] and r["survives"] for r in rows)
-needed = CLAIM_SEEDS_NEEDED if not FULL else len(SEEDS)
+needed = CLAIM_SEEDS_NEEDED if tuple(SEEDS) == CLAIM_SEEDS else len(SEEDS)
+scope = ("" if len(SEEDS) >= len(CLAIM_SEEDS) else
+         f" (smoke size runs seed {SEEDS[0]} only; the rule over seeds {', '.join(map(str, CLAIM_SEEDS))} runs with "
+         "`FULL=1` and in the test suite, which asserts the verdict)")
 utility_order = sum(row["methods"][NPO]["metrics"]["model_utility"] > row["methods"][GA]["metrics"]["model_utility"]
                     for row in cmp.per_seed)
 collapse_text = (f"GA collapses the retained people's answer probability (below {COLLAPSE_FRACTION} of θ_o's) while NPO "
@@ -214,7 +218,7 @@ collapse_text = (f"GA collapses the retained people's answer probability (below 
 display(Markdown(results.add("criteria", collapse_text)))
 display(Markdown(results.claims("claims", [
     (claims[0], collapse_text,
-     f"GA collapses and NPO does not: {verdict(separated == len(rows))}; issue's rule: {verdict(held >= needed)}"),
+     f"GA collapses and NPO does not: {verdict(separated == len(rows))}; issue's rule: {verdict(held >= needed)}{scope}"),
     (claims[1], "not run: no TOFU here; our request is a quarter of the people of one small federation",
      "not run here"),
     (claims[2], f"model utility (TOFU-style, retained and public people) NPO {cmp.value(NPO, 'model_utility'):.3f}, "
