@@ -191,6 +191,7 @@ class Sisa(UnlearningMethod):
     scenario_kinds = frozenset({"classification"})
     Config = SisaConfig
     owns_training = True
+    exact = True
     sequential_start = "original"  # it restarts from its stored checkpoints; a later request is cumulative
 
     def trained_model(self, setup: TrainedFederation) -> VotingEnsemble:

@@ -129,6 +129,9 @@ class UnlearningMethod:
     Config: ClassVar[type] = NoConfig
     #: Whether the method trains the federation its own way (see ``train_federation``).
     owns_training: ClassVar[bool] = False
+    #: Whether its result equals its referee's retraining without the forgotten data, bit for bit
+    #: (a claim its tests assert): SISA's retrained shard, a deleted per-client adapter.
+    exact: ClassVar[bool] = False
     #: Whether that training depends on a request declared in advance (FedAU's auxiliary head
     #: learns what it will unlearn): ``train_federation`` then receives ``request=`` and the
     #: cached federation is keyed by the request.

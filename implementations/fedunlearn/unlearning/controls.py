@@ -30,6 +30,7 @@ class Retrain(UnlearningMethod):
 
     name = "retrain"
     granularities = ALL_GRANULARITIES
+    exact = True
 
     def unlearn(self, run: TrainedFederation, request: ForgetRequest, counter: CostCounter) -> State:
         r"""The original run's rounds from $w_0$, every client training on its retained data."""
