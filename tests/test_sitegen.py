@@ -105,3 +105,31 @@ def test_notebook_pages_and_downloads_sit_under_notebooks() -> None:
     assert sitegen.notebook_page("notebooks/incremental/federaser.py") == "notebooks/incremental/federaser.ipynb"
     assert sitegen.notebook_download("notebooks/incremental/federaser.py") == (
         "notebooks/incremental/federaser/federaser.py")
+
+
+def test_explorer_lists_each_method_with_its_facets_for_the_filter() -> None:
+    """One row per method of the entries and per family control, its facets in data attributes the
+    page's script filters on, and one checkbox per value seen; the script ships with the site."""
+    entries = catalog.entries()
+    text = sitegen.explorer_markdown(entries, "taxonomy.md", {e.page for e in entries})
+    methods = [name for entry in entries for name in entry.methods]
+    methods += [name for names in catalog.family_controls().values() for name in names]
+    rows = [line for line in text.splitlines() if 'class="fu-facets"' in line]
+    assert len(rows) == len(methods)
+    for name in methods:
+        assert sum(f"`{name}`" in row for row in rows) == 1
+    sisa = next(row for row in rows if "`sisa`" in row)
+    assert 'data-exactness="exact"' in sisa and 'data-models="digits network"' in sisa
+    fedrecovery = next(row for row in rows if "`fedrecovery`" in row)
+    assert 'data-guarantee="differential privacy"' in fedrecovery and 'data-workers="server only"' in fedrecovery
+    assert 'data-facet="history" value="needs stored history"' in text
+    repo = catalog.repo_root()
+    assert (repo / "docs" / "javascripts" / "explorer.js").is_file()
+    assert "javascripts/explorer.js" in (repo / "mkdocs.yml").read_text(encoding="utf-8")
+
+
+def test_every_registered_method_says_who_does_the_work() -> None:
+    from fedunlearn.unlearning.registry import available_methods
+
+    silent = [name for name, cls in available_methods().items() if not cls.workers and name != "do-nothing"]
+    assert silent == []

@@ -109,6 +109,58 @@ def family_notebook(family: str) -> str:
     return notebook_page(f"notebooks/harness/{family}-family.py")
 
 
+#: The explorer's facet columns: facet name -> column heading.
+FACET_HEADINGS = {"granularity": "Forgets", "exactness": "Exact?", "guarantee": "Guarantee",
+                  "history": "Stored history", "workers": "Who works", "models": "Models",
+                  "flower": "Flower"}
+
+
+def _facet_attribute(values: Iterable[str]) -> str:
+    return "|".join(values).replace('"', "&quot;")
+
+
+def explorer_markdown(entries: list[Entry], page: str, existing: Collection[str]) -> str:
+    """The taxonomy explorer: every entry's method and every family control, one row each, with
+    its facets, and checkbox filters (``javascripts/explorer.js`` hides the rows that match no
+    chosen value of some facet)."""
+    from fedunlearn.catalog import family_controls
+    from fedunlearn.unlearning.base import facets
+    from fedunlearn.unlearning.registry import available_methods
+
+    methods = available_methods()
+    rows: list[tuple[str, str, str, dict[str, tuple[str, ...]]]] = []
+    for entry in entries:
+        for name in entry.methods:
+            rows.append((name, link(_cell(entry.title), entry.page, page, existing), FAMILIES[entry.family],
+                         facets(methods[name])))
+    for family, names in family_controls().items():
+        for name in names:
+            rows.append((name, "family control (no entry)", FAMILIES[family], facets(methods[name])))
+    if not rows:
+        return ""
+    values: dict[str, list[str]] = {facet: [] for facet in FACET_HEADINGS}
+    for *_, row_facets in rows:
+        for facet, found in row_facets.items():
+            values[facet] += [v for v in found if v not in values[facet]]
+    values = {facet: sorted(found) for facet, found in values.items()}
+    filters = ['<form class="fu-explorer-filters" aria-label="Filter the methods">']
+    for facet, heading in FACET_HEADINGS.items():
+        boxes = "".join(f'<label><input type="checkbox" data-facet="{facet}" value="{_facet_attribute([v])}"> '
+                        f"{v}</label>" for v in values[facet])
+        filters.append(f'<fieldset><legend>{heading}</legend>{boxes}</fieldset>')
+    filters.append('<p class="fu-explorer-count" aria-live="polite"></p></form>')
+    lines = ['<div class="fu-explorer" markdown>', "", "".join(filters), "",
+             "| Method | Entry | Family | " + " | ".join(FACET_HEADINGS.values()) + " |",
+             "|---" * (3 + len(FACET_HEADINGS)) + "|"]
+    for name, entry_link, family, row_facets in rows:
+        data = " ".join(f'data-{facet}="{_facet_attribute(found)}"' for facet, found in row_facets.items())
+        cells = [f'<span class="fu-facets" {data}></span>`{name}`', entry_link, family,
+                 *(", ".join(row_facets[facet]) or "—" for facet in FACET_HEADINGS)]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    lines += ["", "</div>", ""]
+    return "\n".join(lines)
+
+
 def taxonomy_markdown(entries: list[Entry], existing: Collection[str]) -> str:
     """The taxonomy page: every family, its description and a table of its entries."""
     page = TAXONOMY_PAGE
@@ -124,6 +176,20 @@ def taxonomy_markdown(entries: list[Entry], existing: Collection[str]) -> str:
         ),
         "",
     ]
+    explorer = explorer_markdown(entries, page, existing)
+    if explorer:
+        lines += [
+            "## Explorer {#explorer}",
+            "",
+            "Every method of every entry, and each family's control, with the facets its "
+            "registration declares: what it forgets, whether it is exact, what it guarantees, "
+            "whether it needs the stored training history, who does the unlearning work (the "
+            "server on states it holds, the client holding the forgotten data, the remaining "
+            "clients), which models it runs on, and whether it runs on Flower. Tick values to "
+            "keep only the methods that have one of the ticked values in every facet you filter.",
+            "",
+            explorer,
+        ]
     for family, title in FAMILIES.items():
         members = [e for e in entries if e.family == family]
         lines += [f"## {title} {{#{family}}}", "", FAMILY_DESCRIPTIONS.get(family, ""), ""]

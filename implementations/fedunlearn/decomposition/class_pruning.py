@@ -244,6 +244,7 @@ class ClassPruning(UnlearningMethod):
     discriminative ones, fine-tune on the retained data."""
 
     name = "class-pruning"
+    workers = frozenset({"target", "remaining"})
     granularities = frozenset({"class"})
     scenario_kinds = frozenset({"classification"})
     scenarios = frozenset({"digits-class-cnn"})  # the model with prunable channels
@@ -259,6 +260,7 @@ class FineTuneOnly(UnlearningMethod):
     """Ablation: the same fine-tuning on the retained data, without pruning."""
 
     name = "class-pruning-finetune-only"
+    workers = frozenset({"remaining"})
     granularities = frozenset({"class"})
     scenario_kinds = frozenset({"classification"})
     scenarios = frozenset({"digits-class-cnn"})

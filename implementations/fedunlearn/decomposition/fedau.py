@@ -211,6 +211,7 @@ class FedAU(UnlearningMethod):
     """Main and auxiliary heads trained together; unlearning is a linear combination of the heads."""
 
     name = "fedau"
+    workers = frozenset({"server"})
     granularities = frozenset({"class", "records", "client"})
     scenario_kinds = frozenset({"classification"})
     #: The scenarios whose model has the auxiliary head.

@@ -116,6 +116,7 @@ class PerClientAdapters(UnlearningMethod):
     """Each client trains its own adapter alone; the served adapter is their mean; forgetting deletes one."""
 
     name = "per-client-adapters"
+    workers = frozenset({"server"})
     granularities = frozenset({"client"})
     scenario_kinds = frozenset({"language"})
     Config = PerClientConfig
@@ -290,6 +291,7 @@ class Fused(UnlearningMethod):
     a removable adapter."""
 
     name = "fused"
+    workers = frozenset({"remaining"})
     granularities = frozenset({"client", "records", "class"})
     Config = FusedConfig
     sequential_start = "original"  # one adapter on θ_o for the cumulative request (deleting it restores θ_o)

@@ -187,6 +187,7 @@ class Sisa(UnlearningMethod):
     """Shards of clients trained in isolation, slices with checkpoints, a vote; forgets by retraining one shard."""
 
     name = "sisa"
+    workers = frozenset({"remaining"})
     granularities = frozenset({"client", "records"})
     scenario_kinds = frozenset({"classification"})
     Config = SisaConfig

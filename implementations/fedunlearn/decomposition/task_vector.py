@@ -68,6 +68,7 @@ class TaskVectorNegation(UnlearningMethod):
     r"""$\theta_o - \alpha(\theta_{ft} - \theta_o)$, with $\theta_{ft}$ fine-tuned on the forget data."""
 
     name = "task-vector-negation"
+    workers = frozenset({"target"})
     granularities = frozenset({"client", "records"})
     scenario_kinds = frozenset({"language"})
     Config = TaskVectorConfig

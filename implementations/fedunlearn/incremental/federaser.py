@@ -197,6 +197,7 @@ class FedEraser(UnlearningMethod):
     """Rebuild over the kept rounds with calibrated updates of the remaining clients."""
 
     name = "federaser"
+    workers = frozenset({"server", "remaining"})
     granularities = frozenset({"client"})
     Config = FedEraserConfig
     _calibrates = True  # the ablation turns steps 1-2 off
@@ -277,6 +278,7 @@ class FedEraserNoCalibration(FedEraser):
     """Ablation (*FedAccum* in the paper): re-aggregate stored updates, no client training."""
 
     name = "federaser-no-calibration"
+    workers = frozenset({"server"})
     _calibrates = False
 
 

@@ -189,6 +189,7 @@ class FedRecover(UnlearningMethod):
     """Recovery from the initial model with L-BFGS-estimated client updates (client removal)."""
 
     name = "fedrecover"
+    workers = frozenset({"server", "remaining"})
     granularities = frozenset({"client"})
     Config = FedRecoverConfig
 
@@ -244,6 +245,7 @@ class FedRecoverNoCorrection(FedRecover):
     """Ablation: exact updates in warm-up only, then estimates to the end."""
 
     name = "fedrecover-no-correction"
+    workers = frozenset({"server"})
 
     def __init__(self, config: FedRecoverConfig | None = None) -> None:
         super().__init__(config)

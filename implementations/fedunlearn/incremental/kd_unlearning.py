@@ -144,6 +144,7 @@ class KnowledgeDistillationUnlearning(UnlearningMethod):
     server's unlabeled inputs ([`Scenario.server_inputs`][fedunlearn.unlearning.scenarios.Scenario])."""
 
     name = "kd"
+    workers = frozenset({"server"})
     granularities = frozenset({"client"})
     Config = KDConfig
     sequential_start = "original"  # subtracts from, and distils, θ_o: a later request is cumulative
@@ -172,6 +173,7 @@ class SubtractOnly(UnlearningMethod):
     """Ablation: subtract the target's weighted historical updates, no repair."""
 
     name = "kd-subtract-only"
+    workers = frozenset({"server"})
     granularities = frozenset({"client"})
     sequential_start = "original"
 

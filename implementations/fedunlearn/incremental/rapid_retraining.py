@@ -239,6 +239,7 @@ class RapidRetraining(UnlearningMethod):
     """Retrain from $w_0$ without the forgotten data, Fisher-Newton local steps, early stop."""
 
     name = "rapid-retraining"
+    workers = frozenset({"remaining"})
     granularities = frozenset({"client", "class", "records"})
     Config = RapidRetrainingConfig
     sequential_start = "original"  # stops at θ_o's retained loss

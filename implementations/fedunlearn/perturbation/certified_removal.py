@@ -263,6 +263,8 @@ class CertifiedRemoval(UnlearningMethod):
     """Loss-perturbed linear head, trained and unlearned by federated Newton steps with a certificate."""
 
     name = "certified-removal"
+    workers = frozenset({"target", "remaining"})
+    guarantee = "certified"
     granularities = frozenset({"records"})
     scenario_kinds = frozenset({"classification"})
     Config = CertifiedRemovalConfig

@@ -200,6 +200,8 @@ class FedRecovery(UnlearningMethod):
     r"""Subtract the weighted gradient residuals of the forgotten client(s), add calibrated noise."""
 
     name = "fedrecovery"
+    workers = frozenset({"server"})
+    guarantee = "differential privacy"
     granularities = frozenset({"client"})
     Config = FedRecoveryConfig
     sequential_start = "original"  # subtracts from θ_o: a later request is cumulative

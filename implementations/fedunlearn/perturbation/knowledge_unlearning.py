@@ -201,6 +201,7 @@ class KnowledgeUnlearning(UnlearningMethod):
     by chunk; then repair rounds without the forgotten data."""
 
     name = "knowledge-ga"
+    workers = frozenset({"target", "remaining"})
     granularities = frozenset({"client", "records"})
     scenario_kinds = frozenset({"language"})
     Config = KnowledgeUnlearningConfig

@@ -57,6 +57,7 @@ class NegatedUpdate(UnlearningMethod):
     r"""$\theta_o - \alpha\,\overline{\Delta}_F$, then recovery rounds (the family's control)."""
 
     name = "negated-update"
+    workers = frozenset({"target", "remaining"})
     granularities = frozenset({"client", "class", "records"})
     Config = NegatedUpdateConfig
 

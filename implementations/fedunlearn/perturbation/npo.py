@@ -130,6 +130,7 @@ class NegativePreferenceOptimization(UnlearningMethod):
     repair rounds without them."""
 
     name = "npo"
+    workers = frozenset({"target", "remaining"})
     granularities = frozenset({"client", "records"})
     Config = NPOConfig
 

@@ -215,6 +215,7 @@ class PGAErasure(UnlearningMethod):
     r"""The target ascends its loss from $w_{\text{ref}}$ within the $\delta$-ball, then FedAvg repairs."""
 
     name = "pga-erasure"
+    workers = frozenset({"target", "remaining"})
     granularities = frozenset({"client"})
     Config = PGAConfig
     sequential_start = "original"  # w_ref is built from θ_o and the last training round

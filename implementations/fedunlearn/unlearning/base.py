@@ -94,6 +94,10 @@ class NoConfig:
 
 #: Registered methods by name (filled by ``register_method`` when their module is imported).
 METHODS: dict[str, type[UnlearningMethod]] = {}
+#: Values of the ``guarantee`` facet.
+GUARANTEES = ("none", "certified", "differential privacy")
+#: Values of the ``workers`` facet.
+WORKERS = ("server", "target", "remaining")
 
 
 def register_method(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
@@ -104,11 +108,36 @@ def register_method(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
     """
     if not cls.name:
         raise ValueError(f"{cls.__qualname__} has no name")
+    if cls.guarantee not in GUARANTEES:
+        raise ValueError(f"{cls.name}: guarantee must be one of {GUARANTEES}, got {cls.guarantee!r}")
+    if not cls.workers <= set(WORKERS):
+        raise ValueError(f"{cls.name}: workers must be a subset of {WORKERS}, got {sorted(cls.workers)}")
     if cls.name in METHODS and METHODS[cls.name].__qualname__ != cls.__qualname__:
         raise ValueError(f"method name {cls.name!r} is registered twice "
                          f"({METHODS[cls.name].__module__} and {cls.__module__})")
     METHODS[cls.name] = cls
     return cls
+
+
+#: How each ``workers`` value reads in the taxonomy explorer.
+WORKER_LABELS = {"server": "server", "target": "target client", "remaining": "remaining clients"}
+#: How each scenario kind reads there.
+MODEL_LABELS = {"classification": "digits network", "language": "LoRA language model"}
+
+
+def facets(method: type[UnlearningMethod]) -> dict[str, tuple[str, ...]]:
+    """The taxonomy explorer's facets of a method class: facet -> its values (a row matches a filter
+    when one of its values is chosen)."""
+    workers = tuple(WORKER_LABELS[w] for w in WORKERS if w in method.workers)
+    return {
+        "granularity": tuple(sorted(method.granularities)),
+        "exactness": ("exact" if method.exact else "approximate",),
+        "guarantee": (method.guarantee,),
+        "history": ("needs stored history" if method().history_interval() is not None else "no stored history",),
+        "workers": ("server only",) if method.workers == {"server"} else workers,
+        "models": tuple(MODEL_LABELS[k] for k in MODEL_LABELS if k in method.scenario_kinds),
+        "flower": ("runs on Flower" if method.runs_on_flower else "in process only",),
+    }
 
 
 class UnlearningMethod:
@@ -132,6 +161,13 @@ class UnlearningMethod:
     #: Whether its result equals its referee's retraining without the forgotten data, bit for bit
     #: (a claim its tests assert): SISA's retrained shard, a deleted per-client adapter.
     exact: ClassVar[bool] = False
+    #: What it guarantees about the unlearned model, one of ``GUARANTEES`` (exactness aside).
+    guarantee: ClassVar[str] = "none"
+    #: Who does the unlearning work, a subset of ``WORKERS``: ``"server"`` (on states it holds),
+    #: ``"target"`` (clients, on the data being forgotten), ``"remaining"`` (clients, on retained data).
+    workers: ClassVar[frozenset[str]] = frozenset()
+    #: Whether it runs unchanged on a Flower deployment (it reaches clients only through the pool).
+    runs_on_flower: ClassVar[bool] = True
     #: Whether that training depends on a request declared in advance (FedAU's auxiliary head
     #: learns what it will unlearn): ``train_federation`` then receives ``request=`` and the
     #: cached federation is keyed by the request.

@@ -29,6 +29,7 @@ class Retrain(UnlearningMethod):
     """Retrain from scratch without the forgotten data (the oracle)."""
 
     name = "retrain"
+    workers = frozenset({"remaining"})
     granularities = ALL_GRANULARITIES
     exact = True
 
@@ -66,6 +67,7 @@ class ContinueFedAvg(UnlearningMethod):
     r"""Continue training from $\theta_o$ for $k$ rounds on the retained data."""
 
     name = "continue-fedavg"
+    workers = frozenset({"remaining"})
     granularities = ALL_GRANULARITIES
     Config = ContinueFedAvgConfig
 
