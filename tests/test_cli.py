@@ -9,7 +9,7 @@ from pathlib import Path
 import bibtexparser
 import pytest
 
-from fedunlearn import catalog, cli
+from fedunlearn import catalog, cli, references
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -21,7 +21,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = run(capsys, "--help")
     assert status == 0
-    for name in ("list", "cite", "check"):
+    for name in ("list", "cite", "check", "import-bib"):
         assert name in out
 
 
@@ -167,3 +167,131 @@ def test_absent_optional_subcommand_is_skipped(
     status, out, _ = run(capsys, "--help")
     assert status == 0
     assert "ghost" not in out
+
+
+# --------------------------------------------------------------------------- cite --family
+
+
+def test_cite_family_prints_the_records_its_entries_cite(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    entries, _ = catalog.discover(strict=False)
+    family = next((e.family for e in entries), None)
+    if family is None:
+        pytest.skip("no entries in the catalog yet")
+    expected = list(dict.fromkeys(
+        key for e in entries if e.family == family for key in e.citation_keys))
+    status, out, _ = run(capsys, "cite", "--family", family)
+    assert status == 0
+    assert [e.key for e in bibtexparser.parse_string(out).entries] == expected
+
+
+def test_cite_family_with_fake_entries(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def entry(slug: str, family: str, keys: tuple[str, ...]) -> catalog.Entry:
+        return catalog.Entry(slug=slug, family=family, title=slug, citation_keys=keys,
+                             summary="s", implementation="fedunlearn.catalog")
+
+    fake = [entry("a", "perturbation", ("liu2021federaser", "mcmahan2017communication")),
+            entry("b", "incremental", ("hu2022lora",)),
+            entry("c", "perturbation", ("mcmahan2017communication", "guo2020certified"))]
+    monkeypatch.setattr(catalog, "discover", lambda strict=True: (fake, []))
+    status, out, _ = run(capsys, "cite", "--family", "perturbation")
+    assert status == 0
+    assert [e.key for e in bibtexparser.parse_string(out).entries] == [
+        "liu2021federaser", "mcmahan2017communication", "guo2020certified"]
+    status, out, err = run(capsys, "cite", "--family", "foundations")
+    assert (status, out) == (0, "")
+    assert "no entries yet" in err
+
+
+def test_cite_unknown_family_lists_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run(capsys, "cite", "--family", "perturbaton")
+    assert status == 2
+    assert out == ""
+    assert "unknown family 'perturbaton'; did you mean perturbation?" in err
+    assert f"known families: {', '.join(catalog.FAMILIES)}" in err
+    assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- import-bib
+
+CLEAN_BIB = """@inproceedings{whatever,
+  title   = {Engines of Difference},
+  author  = {Charles Babbage, Mary Somerville, Ada Lovelace},
+  journal = {Proceedings of the Difference Engine Society},
+  year    = {1850}
+}
+
+@article{other,
+  title   = {Notes on the Analytical Engine},
+  author  = {Lovelace, Ada},
+  journal = {Scientific Memoirs},
+  year    = {1843},
+  eprint  = {1843.00001}
+}
+"""
+
+
+def test_import_bib_rejects_unfit_file_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    into = tmp_path / "references"
+    into.mkdir()
+    (into / "keep.bib").write_text("@misc{keep, title={K}, author={K, K}, year={1}, doi={1}}\n")
+    bib = tmp_path / "in.bib"
+    bib.write_text(CLEAN_BIB, encoding="utf-8")
+    before = {p.name: p.read_bytes() for p in into.iterdir()}
+    status, out, err = run(capsys, "import-bib", str(bib), "--into", str(into))
+    assert status == 1
+    assert f"{bib}:1: record 'whatever' (key babbage1850engines): authors separated by commas" \
+        in out
+    assert f"{bib}:1: record 'whatever' (key babbage1850engines): @inproceedings carries" in out
+    assert f"2 problem(s) in {bib}; nothing written to {into}" in err
+    assert "Traceback" not in out + err
+    assert {p.name: p.read_bytes() for p in into.iterdir()} == before
+
+
+def test_import_bib_fix_writes_and_check_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    into = tmp_path / "references"
+    into.mkdir()
+    bib = tmp_path / "in.bib"
+    bib.write_text(CLEAN_BIB, encoding="utf-8")
+    status, out, _ = run(capsys, "import-bib", str(bib), "--into", str(into), "--fix")
+    assert status == 0, out
+    lines = out.splitlines()
+    assert f"{bib}:1: fixed: @inproceedings: renamed 'journal' to 'booktitle'" in lines
+    assert f"{bib}:1: fixed: author: commas replaced by 'and' (3 authors)" in lines
+    assert (f"wrote {into / 'babbage1850engines.bib'} from {bib}:1 "
+            "(key 'whatever' -> 'babbage1850engines')") in lines
+    assert lines[-1] == f"2 record(s) imported into {into}"
+    assert sorted(p.name for p in into.iterdir()) == [
+        "babbage1850engines.bib", "lovelace1843notes.bib"]
+    assert references.validate(into) == []
+    # importing the same file again: every record is now a duplicate, exit 1
+    status, out, _ = run(capsys, "import-bib", str(bib), "--into", str(into), "--fix")
+    assert status == 1 and out.count("duplicates") == 2
+
+
+@pytest.mark.parametrize("missing", ["file", "into"])
+def test_import_bib_missing_paths_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], missing: str
+) -> None:
+    bib = tmp_path / "in.bib"
+    if missing == "into":
+        bib.write_text(CLEAN_BIB, encoding="utf-8")
+    status, out, err = run(capsys, "import-bib", str(bib), "--into", str(tmp_path / "nope"))
+    assert status == 2 and out == ""
+    assert ("no such file" if missing == "file" else "no such references folder") in err
+    assert "Traceback" not in err
+
+
+def test_import_bib_non_utf8_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bib = tmp_path / "latin1.bib"
+    bib.write_bytes("@misc{x, title = {Caf\u00e9}}\n".encode("latin-1"))
+    status, out, err = run(capsys, "import-bib", str(bib), "--into", str(tmp_path))
+    assert (status, out) == (1, "")
+    assert "not UTF-8 text" in err and "Traceback" not in err

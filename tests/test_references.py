@@ -10,7 +10,7 @@ import pytest
 from fedunlearn import catalog, references
 
 GOOD = """@inproceedings{{{key},
-  title     = {{A Title}},
+  title     = {{A Title ({key})}},
   author    = {{Lovelace, Ada and Babbage, Charles}},
   booktitle = {{Proceedings of Somewhere}},
   year      = {{1843}}
@@ -101,12 +101,14 @@ def test_missing_required_field(refs: Path, field: str) -> None:
     assert f"lacks required field(s): {field}" in message
 
 
-def test_missing_venue_or_locator(refs: Path) -> None:
-    text = "@misc{nowhere2020, title = {T}, author = {A, B}, year = {2020}}\n"
+@pytest.mark.parametrize("extra", ["", ", url = {https://example.org/t}"])
+def test_missing_venue_or_locator(refs: Path, extra: str) -> None:
+    """Neither venue, eprint nor DOI: a bare url does not say what the work is."""
+    text = f"@misc{{nowhere2020, title = {{T}}, author = {{A, B}}, year = {{2020}}{extra}}}\n"
     path = write(refs, "nowhere2020", text)
     message = only(references.validate(refs))
     assert message.startswith(f"{path}:1:")
-    assert "booktitle, journal, eprint, doi, url" in message
+    assert "booktitle, journal, school, institution, publisher, eprint, doi" in message
 
 
 def test_empty_file(refs: Path) -> None:
@@ -157,7 +159,7 @@ def test_format_bibtex_unknown_key_suggests(refs: Path) -> None:
 def test_format_citation(refs: Path) -> None:
     record = references.load_library(refs)["lovelace1843a"]
     assert references.format_citation(record) == (
-        "Ada Lovelace and Charles Babbage (1843). A Title. Proceedings of Somewhere."
+        "Ada Lovelace and Charles Babbage (1843). A Title (lovelace1843a). Proceedings of Somewhere."
     )
 
 
@@ -186,3 +188,116 @@ def test_real_references_validate_clean() -> None:
     assert "qu2024federated" in library
     text = references.format_bibtex(list(library), root)
     assert len(bibtexparser.parse_string(text).entries) == len(list(root.glob("*.bib")))
+
+
+# --------------------------------------------------------------------------- record quality
+# `validate` (what `fedunlearn check` runs) applies the rules of fedunlearn.bibquality to every
+# record; each message names the file and the line of the record.
+
+QUALITY = """% a comment line, so the record starts on line 2
+@{kind}{{{key},
+  title     = {{{title}}},
+  author    = {{{author}}},
+  {venue},
+  year      = {{2020}}
+}}
+"""
+
+
+def quality_record(root: Path, key: str, **overrides: str) -> Path:
+    values = {
+        "kind": "inproceedings",
+        "key": key,
+        "title": f"Distinct Title of {key}",
+        "author": "Lovelace, Ada and Babbage, Charles",
+        "venue": "booktitle = {Proceedings of Somewhere}",
+    }
+    values.update(overrides)
+    return write(root, key, QUALITY.format(**values))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"author": "Lovelace, Ada and others"}, "truncated author list"),
+        ({"author": "Ada Lovelace et al."}, "truncated author list"),
+        ({"author": "Ada Lovelace, Charles Babbage, Mary Somerville"}, "separated by commas"),
+        ({"author": "Lovelace, Ada, Babbage, Charles"}, "separated by commas"),
+        ({"author": "Ada Lovelace, Charles Babbage"}, "separated by commas"),
+        ({"venue": "journal = {Proceedings of Somewhere}"}, "carries 'journal' instead of"),
+        ({"venue": "booktitle = {ICML}"}, "booktitle = {ICML} is only an acronym"),
+        ({"venue": "booktitle = {NeurIPS'22}"}, "is only an acronym"),
+        ({"kind": "article", "venue": "journal = {CoRR}"}, "journal = {CoRR} is only an acronym"),
+        ({"venue": "doi = {https://doi.org/10.1/x}"}, "give the bare DOI '10.1/x'"),
+    ],
+)
+def test_quality_problem_names_file_line_and_kind(
+    refs: Path, overrides: dict[str, str], expected: str
+) -> None:
+    path = quality_record(refs, "unfit2020", **overrides)
+    message = only(references.validate(refs))
+    assert message.startswith(f"{path}:2: record 'unfit2020': ")
+    assert expected in message
+
+
+@pytest.mark.parametrize(
+    "author",
+    [
+        "van der Maaten, Laurens and Hinton, Geoffrey",
+        "Ag{\\\"u}era y Arcas, Blaise",
+        "{Garcia Marquez}, Gabriel Jose",
+        "Smith, Jr, John and Kolter, J. Zico",
+        "Ada Lovelace and Charles Babbage",
+        "{Barnes and Noble, Inc.}",
+    ],
+)
+def test_well_formed_authors_pass(refs: Path, author: str) -> None:
+    quality_record(refs, "fine2020", author=author)
+    assert references.validate(refs) == []
+
+
+@pytest.mark.parametrize(
+    "venue",
+    ["booktitle = {USENIX Security}", "booktitle = {Nature}", "booktitle = {IEEE Access}",
+     "journal = {arXiv preprint arXiv:2001.00001}"],
+)
+def test_venues_with_a_word_pass(refs: Path, venue: str) -> None:
+    quality_record(refs, "fine2020", kind="misc", venue=venue)
+    assert references.validate(refs) == []
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "shared"),
+    [
+        ("doi = {10.1000/ABC}", "doi = {https://doi.org/10.1000/abc}", "DOI '10.1000/abc'"),
+        ("eprint = {2001.00001}", "url = {https://arxiv.org/abs/2001.00001v3}",
+         "arXiv id '2001.00001'"),
+    ],
+)
+def test_duplicate_identifier_across_files(
+    refs: Path, first: str, second: str, shared: str
+) -> None:
+    quality_record(refs, "first2020", kind="misc", venue=first)
+    path = quality_record(refs, "second2020", kind="misc", venue=second)
+    problems = [p for p in references.validate(refs) if "duplicates" in p]
+    message = only(problems)
+    assert message.startswith(f"{path}:2: record 'second2020' duplicates 'first2020'")
+    assert f"same {shared}" in message
+
+
+def test_duplicate_normalised_title_across_files(refs: Path) -> None:
+    quality_record(refs, "first2020", title="{FedThing}: Forgetting, Fast!")
+    path = quality_record(refs, "second2020", title="Fedthing -- forgetting   fast")
+    message = only(references.validate(refs))
+    assert message.startswith(f"{path}:2: record 'second2020' duplicates 'first2020'")
+    assert "same title 'fedthing forgetting fast'" in message
+
+
+def test_real_references_meet_the_quality_rules() -> None:
+    """Every record of the project's references/ passes the import-time quality rules."""
+    from fedunlearn import bibquality
+
+    library = references.load_library(catalog.repo_root() / "references")
+    for record in library.values():
+        assert bibquality.quality_problems(record) == [], record.key
+    assert bibquality.find_duplicates(library.values()) == []

@@ -1,4 +1,4 @@
-"""Command-line interface: ``fedunlearn list | cite | check | bench`` and ``--version``.
+"""Command-line interface: ``fedunlearn list | cite | check | import-bib | bench`` and ``--version``.
 
 Each subcommand is a [`Subcommand`][fedunlearn.cli.Subcommand]: a name, a help line, a function
 that adds its arguments and a function that runs it and returns the exit status. Built-in
@@ -9,7 +9,8 @@ functions, ``add_arguments(parser)`` and ``run(args) -> int``; the first line of
 the help text. It is imported only when its subcommand is invoked, and skipped while the module
 does not exist.
 
-Exit statuses: 0 success, 1 ``check`` found problems, 2 a usage error (unknown key, bad option).
+Exit statuses: 0 success, 1 ``check`` or ``import-bib`` found problems, 2 a usage error (unknown
+key or family, bad option, missing file).
 User errors print one clear line on stderr, never a traceback.
 """
 
@@ -149,18 +150,49 @@ def _cite_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--all", action="store_true", help="print every record of references/, sorted by key"
     )
+    parser.add_argument(
+        "--family",
+        metavar="FAMILY",
+        help="print every record cited by the entries of this family (e.g. decomposition), "
+        "in catalog order; combines with KEYs",
+    )
+
+
+def family_citation_keys(family: str) -> list[str]:
+    """The keys cited by a family's entries, in catalog order, each once.
+
+    Raises:
+        CommandError: For an unknown family, listing the known ones.
+    """
+    from fedunlearn.catalog import FAMILIES, discover
+    from fedunlearn.references import close_matches
+
+    if family not in FAMILIES:
+        hint = close_matches(family, FAMILIES, limit=1)
+        suggestion = f"did you mean {hint[0]}? " if hint else ""
+        raise CommandError(
+            f"unknown family {family!r}; {suggestion}known families: {', '.join(FAMILIES)}"
+        )
+    entries = [e for e in discover(strict=False)[0] if e.family == family]
+    return list(dict.fromkeys(key for entry in entries for key in entry.citation_keys))
 
 
 def _run_cite(args: argparse.Namespace) -> int:
     from fedunlearn.references import close_matches, format_bibtex, load_library
 
-    if not args.keys and not args.all:
-        raise CommandError("give at least one KEY, or --all (see 'fedunlearn cite --help')")
+    if not args.keys and not args.all and args.family is None:
+        raise CommandError(
+            "give at least one KEY, --family FAMILY or --all (see 'fedunlearn cite --help')"
+        )
+    keys: list[str] = family_citation_keys(args.family) if args.family is not None else []
     library = load_library()
     if args.all:
         print(format_bibtex(list(library)), end="")
         return 0
-    keys: list[str] = []
+    if args.family is not None and not keys and not args.keys:
+        print(f"{PROG}: family {args.family!r} has no entries yet; nothing to cite",
+              file=sys.stderr)
+        return 0
     slugs: dict[str, tuple[str, ...]] | None = None
     for name in args.keys:
         if name in library:
@@ -198,8 +230,9 @@ def _check_arguments(parser: argparse.ArgumentParser) -> None:
 def check_repository(root: Path | None = None) -> tuple[list[str], int]:
     """Every consistency problem of the knowledge base, one line each.
 
-    Checks the catalog (imports, families, duplicate slugs), the bibliography (including keys
-    cited by entries), and that each entry's implementation imports and its notebook, test file
+    Checks the catalog (imports, families, duplicate slugs), the bibliography (the quality rules
+    of [`fedunlearn.bibquality`][fedunlearn.bibquality.quality_problems], duplicate works, keys cited by
+    entries), and that each entry's implementation imports and its notebook, test file
     and docs page exist, the page naming the entry in its front matter (``entry: <slug>``).
 
     Args:
@@ -266,6 +299,21 @@ def _run_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- import-bib
+
+
+def _import_arguments(parser: argparse.ArgumentParser) -> None:
+    from fedunlearn.bibimport import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from fedunlearn.bibimport import run
+
+    return run(args)
+
+
 #: The built-in subcommands, in the order ``--help`` shows them.
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand(
@@ -281,17 +329,32 @@ SUBCOMMANDS: list[Subcommand] = [
         "print BibTeX for citation keys or entries",
         _cite_arguments,
         _run_cite,
-        "Print BibTeX records from references/ (one file per record). Unknown keys exit with "
-        "status 2 and a list of close matches.",
+        "Print BibTeX records from references/ (one file per record): given keys, the keys of "
+        "given entries, every record cited by a family's entries (--family), or all (--all). "
+        "Unknown keys and families exit with status 2 and a list of close or known names.",
     ),
     Subcommand(
         "check",
         "check catalog, references, notebooks, tests and pages",
         _check_arguments,
         _run_check,
-        "Validate the knowledge base: every entry imports, every cited key exists in "
+        "Validate the knowledge base: every entry imports, every record of references/ is fit "
+        "to cite (full author list, venue names, no duplicate works), every cited key exists in "
         "references/, every entry has its notebook, test file and docs page. Prints one line "
         "per problem and exits 1 if there is any.",
+    ),
+    Subcommand(
+        "import-bib",
+        "split a .bib file into checked records under references/",
+        _import_arguments,
+        _run_import,
+        "Import every record of a BibTeX file into references/<key>.bib, one record per file, "
+        "with keys proposed as <firstauthor><year><word>. Every record is checked first (parse "
+        "errors, missing fields, truncated or comma-separated authors, journal on "
+        "@inproceedings, acronym venues, duplicates of the library or of the file, key clashes) "
+        "and problems are listed with file and line; nothing is written unless every record is "
+        "fit. --fix applies the safe normalisations and reports each. Exit 0 when written, 1 "
+        "when problems were found.",
     ),
 ]
 

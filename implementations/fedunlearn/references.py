@@ -11,7 +11,13 @@ Validation reports one line per problem, each naming the file and line (or the k
 - a file with no record, or with more than one;
 - a record whose key differs from its file's stem;
 - a key defined twice (BibTeX keys compare case-insensitively);
-- a record without a title, an author, a year, or any of booktitle / journal / eprint / doi / url;
+- a record without a title, an author, a year, or a venue (booktitle, journal, school,
+  institution, publisher), arXiv eprint or DOI (a bare url does not say what the work is);
+- (in [`validate`][fedunlearn.references.validate], for ``fedunlearn check``) a record unfit to
+  cite by the rules of [`fedunlearn.bibquality`][fedunlearn.bibquality.quality_problems]:
+  truncated or comma-separated authors, ``journal`` on an ``@inproceedings``, an acronym for a
+  venue, a DOI written as a link, two files holding the same work (same DOI, arXiv id or
+  normalised title);
 - a key cited by a catalog entry that no file defines.
 
 Reading never writes: nothing in ``references/`` is modified.
@@ -30,8 +36,10 @@ from bibtexparser.model import DuplicateBlockKeyBlock, Entry, Field, ParsingFail
 
 #: Fields every record must have.
 REQUIRED_FIELDS: tuple[str, ...] = ("title", "author", "year")
-#: A record must also say where to find it: at least one of these.
-LOCATOR_FIELDS: tuple[str, ...] = ("booktitle", "journal", "eprint", "doi", "url")
+#: A record must also say where it appeared or how to find it: at least one of these.
+LOCATOR_FIELDS: tuple[str, ...] = (
+    "booktitle", "journal", "school", "institution", "publisher", "eprint", "doi"
+)
 
 
 class ReferenceProblem(Exception):
@@ -79,7 +87,7 @@ def default_root() -> Path:
     return repo_root() / "references"
 
 
-def _parse_quietly(text: str):
+def parse_quietly(text: str):
     """Parse BibTeX text without bibtexparser's own log warnings (we report failures ourselves)."""
     logger = logging.getLogger("bibtexparser")
     previous = logger.level
@@ -90,9 +98,13 @@ def _parse_quietly(text: str):
         logger.setLevel(previous)
 
 
-def _failure_reason(block: ParsingFailedBlock) -> str:
+def failure_reason(block: ParsingFailedBlock) -> str:
+    """Why bibtexparser could not parse a block, in one line."""
     if isinstance(block, DuplicateBlockKeyBlock):
         return f"duplicate key {block.key!r} within the file"
+    reason = getattr(block.error, "abort_reason", "")  # BlockAbortedException says why
+    if reason:
+        return str(reason).strip()
     message = str(block.error).strip().splitlines()
     return message[-1].strip() if message else type(block.error).__name__
 
@@ -113,11 +125,11 @@ def scan(root: Path | str | None = None) -> tuple[dict[str, Reference], list[str
         return records, [f"{root}: references folder not found"]
     seen: dict[str, Reference] = {}
     for path in sorted(root.glob("*.bib")):
-        library = _parse_quietly(path.read_text(encoding="utf-8"))
+        library = parse_quietly(path.read_text(encoding="utf-8"))
         for block in library.failed_blocks:
             problems.append(
                 f"{path}:{block.start_line + 1}: cannot parse this BibTeX block: "
-                f"{_failure_reason(block)}"
+                f"{failure_reason(block)}"
             )
         entries: list[Entry] = list(library.entries)
         if not entries and not library.failed_blocks:
@@ -174,7 +186,7 @@ def validate(
     root: Path | str | None = None,
     cited_keys: Mapping[str, Iterable[str]] | Iterable[str] = (),
 ) -> list[str]:
-    """Check the bibliography and the keys cited against it.
+    """Check the bibliography, the quality of its records, and the keys cited against it.
 
     Args:
         root: The references folder; defaults to the checkout's ``references/``.
@@ -184,8 +196,16 @@ def validate(
     Returns:
         One line per problem (empty when all is well), each naming the file and line or the key.
     """
+    from fedunlearn.bibquality import find_duplicates, quality_problems
+
     root = Path(root) if root is not None else default_root()
     records, problems = scan(root)
+    for record in records.values():
+        problems += [f"{record.path}:{record.line}: record {record.key!r}: {problem}"
+                     for problem in quality_problems(record)]
+    for record, original, shared in find_duplicates(records.values()):
+        problems.append(f"{record.path}:{record.line}: record {record.key!r} duplicates "
+                        f"{original.key!r} ({original.path}:{original.line}): same {shared}")
     for citer, key in _cited_pairs(cited_keys):
         if key in records:
             continue
