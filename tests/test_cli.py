@@ -21,7 +21,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = run(capsys, "--help")
     assert status == 0
-    for name in ("list", "cite", "check", "import-bib"):
+    for name in ("list", "cite", "check", "import-bib", "new"):
         assert name in out
 
 
@@ -204,6 +204,19 @@ def test_cite_family_with_fake_entries(
     status, out, err = run(capsys, "cite", "--family", "foundations")
     assert (status, out) == (0, "")
     assert "no entries yet" in err
+
+
+def test_cite_family_prints_what_the_bibliography_page_offers_for_download(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fedunlearn import sitegen
+
+    downloads = sitegen.family_bibtex_files(catalog.discover(strict=False)[0])
+    assert downloads, "no family has entries"
+    for path, bibtex in downloads.items():
+        family = Path(path).stem
+        status, out, _ = run(capsys, "cite", "--family", family)
+        assert (status, out) == (0, bibtex)
 
 
 def test_cite_unknown_family_lists_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:

@@ -80,6 +80,27 @@ def test_bibliography_anchors_every_record(build: tuple[Path, str]) -> None:
         assert f'id="{key}"' in page
 
 
+def test_bibliography_offers_each_familys_bibtex_for_download(build: tuple[Path, str]) -> None:
+    """The link on the Bibliography page resolves to a BibTeX file in the site, holding what
+    ``fedunlearn cite --family`` prints."""
+    from fedunlearn import sitegen
+
+    site, _ = build
+    page = (site / "bibliography" / "index.html").read_text(encoding="utf-8")
+    downloads = sitegen.family_bibtex_files(ENTRIES)
+    assert downloads
+    for path, bibtex in downloads.items():
+        assert f'href="{Path(path).name}"' in page  # relative to /bibliography/
+        assert (site / path).read_text(encoding="utf-8") == bibtex
+
+
+def test_contributing_page_is_built(build: tuple[Path, str]) -> None:
+    site, _ = build
+    page = (site / "contributing" / "index.html").read_text(encoding="utf-8")
+    assert "<h1" in page and "Contributing an entry" in page
+    assert "<code>TODO(fedunlearn new)</code>" in page
+
+
 def test_api_page_per_module(build: tuple[Path, str]) -> None:
     site, _ = build
     for module in ("fedunlearn.catalog", "fedunlearn.references", "fedunlearn.cli"):

@@ -133,3 +133,26 @@ def test_every_registered_method_says_who_does_the_work() -> None:
 
     silent = [name for name, cls in available_methods().items() if not cls.workers and name != "do-nothing"]
     assert silent == []
+
+
+def test_bibliography_links_a_bibtex_download_per_family_with_entries() -> None:
+    fedavg = catalog.Entry(slug="fedavg", family="foundations", title="FedAvg",
+                           citation_keys=("mcmahan2017communication",), summary="s",
+                           implementation="fedunlearn.foundations.fedavg")
+    entries = [fedavg, ENTRY]
+    downloads = sitegen.family_bibtex_files(entries)
+    assert list(downloads) == ["bibliography/foundations.bib", "bibliography/incremental.bib"]
+    for path, family in (("bibliography/foundations.bib", "foundations"),
+                         ("bibliography/incremental.bib", "incremental")):
+        keys = [e.key for e in bibtexparser.parse_string(downloads[path]).entries]
+        assert keys == catalog.citation_keys_of(entries, family)  # what cite --family prints
+    existing = {PAGE, "taxonomy.md", *downloads}
+    text = sitegen.bibliography_markdown(references.load_library(), entries, existing)
+    assert "[download BibTeX](bibliography/foundations.bib)" in text
+    assert "[download BibTeX](bibliography/incremental.bib)" in text
+    assert "`fedunlearn cite --family incremental` prints the same" in text
+    assert "bibliography/perturbation.bib" not in text  # no entry in that family: no download
+    assert text.index("download BibTeX") < text.index("## `")  # above the records
+    # a download that is not in the build is named, not linked (the strict build stays green)
+    assert "[download BibTeX]" not in sitegen.bibliography_markdown(
+        references.load_library(), entries, {PAGE, "taxonomy.md"})

@@ -2,7 +2,8 @@
 
 What this hook adds to the build (all derived from the catalog and ``references/``):
 
-- ``taxonomy.md`` and ``bibliography.md``;
+- ``taxonomy.md`` and ``bibliography.md``, and ``bibliography/<family>.bib``: the records cited by
+  each family's entries, linked from the Bibliography page for download;
 - ``api/<module>.md``: one mkdocstrings page per module of the package;
 - ``notebooks/<family>/<slug>.ipynb``: every jupytext notebook of the repository's ``notebooks/``,
   executed by [`notebook_runner`][fedunlearn.notebook_runner] (in parallel, reused while its
@@ -163,6 +164,13 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
     for problem in references.validate(library_root, cited):
         log.warning("references: %s", problem)
     library, _ = references.scan(library_root)
+    try:
+        downloads = sitegen.family_bibtex_files(entries, library_root)
+    except (KeyError, references.ReferenceProblem) as exc:
+        log.warning("bibliography: no BibTeX downloads: %s", exc)
+        downloads = {}
+    for path, bibtex in downloads.items():
+        files.append(File.generated(config, path, content=bibtex))
     existing = {f.src_uri for f in files} | {sitegen.TAXONOMY_PAGE, sitegen.BIBLIOGRAPHY_PAGE}
     _state["existing"] = existing
     files.append(

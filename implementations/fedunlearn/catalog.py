@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,10 @@ FAMILIES: dict[str, str] = {
     "decomposition": "Model decomposition",
     "incremental": "Incremental learning (retraining)",
 }
+
+#: What a slug may be: lower-case letters and digits in words joined by single hyphens, starting with a
+#: letter (``fedavg``, ``class-pruning``). The module is the slug with ``_`` for ``-``.
+SLUG_PATTERN = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 
 #: One-paragraph description of each family, used on the taxonomy page.
 FAMILY_DESCRIPTIONS: dict[str, str] = {
@@ -181,6 +186,9 @@ def discover(strict: bool = True) -> tuple[list[Entry], list[str]]:
                     f"{module_name}: ENTRY.family is {entry.family!r} but the module lives in "
                     f"fedunlearn.{family}"
                 )
+            if not SLUG_PATTERN.fullmatch(entry.slug):
+                problems.append(f"{module_name}: slug {entry.slug!r} must match {SLUG_PATTERN.pattern} "
+                                "(lower-case words joined by hyphens)")
             if entry.slug in seen:
                 problems.append(
                     f"{module_name}: slug {entry.slug!r} already declared by {seen[entry.slug]}"
@@ -193,6 +201,12 @@ def discover(strict: bool = True) -> tuple[list[Entry], list[str]]:
     order = list(FAMILIES)
     entries.sort(key=lambda e: (order.index(e.family) if e.family in order else 99, e.slug))
     return entries, problems
+
+
+def citation_keys_of(entries: list[Entry], family: str) -> list[str]:
+    """The keys cited by ``family``'s entries among ``entries``, in their order, each once (what
+    ``fedunlearn cite --family`` prints and the Bibliography page's download holds)."""
+    return list(dict.fromkeys(key for e in entries if e.family == family for key in e.citation_keys))
 
 
 def entries() -> list[Entry]:

@@ -1,4 +1,5 @@
-"""Command-line interface: ``fedunlearn list | cite | check | import-bib | bench`` and ``--version``.
+"""Command-line interface: ``fedunlearn list | cite | check | import-bib | new | bench`` and
+``--version``.
 
 Each subcommand is a [`Subcommand`][fedunlearn.cli.Subcommand]: a name, a help line, a function
 that adds its arguments and a function that runs it and returns the exit status. Built-in
@@ -10,7 +11,7 @@ the help text. It is imported only when its subcommand is invoked, and skipped w
 does not exist.
 
 Exit statuses: 0 success, 1 ``check`` or ``import-bib`` found problems, 2 a usage error (unknown
-key or family, bad option, missing file).
+key or family, bad option, missing file, a slug that is taken or a file ``new`` would replace).
 User errors print one clear line on stderr, never a traceback.
 """
 
@@ -164,7 +165,7 @@ def family_citation_keys(family: str) -> list[str]:
     Raises:
         CommandError: For an unknown family, listing the known ones.
     """
-    from fedunlearn.catalog import FAMILIES, discover
+    from fedunlearn.catalog import FAMILIES, citation_keys_of, discover
     from fedunlearn.references import close_matches
 
     if family not in FAMILIES:
@@ -173,8 +174,7 @@ def family_citation_keys(family: str) -> list[str]:
         raise CommandError(
             f"unknown family {family!r}; {suggestion}known families: {', '.join(FAMILIES)}"
         )
-    entries = [e for e in discover(strict=False)[0] if e.family == family]
-    return list(dict.fromkeys(key for entry in entries for key in entry.citation_keys))
+    return citation_keys_of(discover(strict=False)[0], family)
 
 
 def _run_cite(args: argparse.Namespace) -> int:
@@ -233,7 +233,10 @@ def check_repository(root: Path | None = None) -> tuple[list[str], int]:
     Checks the catalog (imports, families, duplicate slugs), the bibliography (the quality rules
     of [`fedunlearn.bibquality`][fedunlearn.bibquality.quality_problems], duplicate works, keys cited by
     entries), and that each entry's implementation imports and its notebook, test file
-    and docs page exist, the page naming the entry in its front matter (``entry: <slug>``).
+    and docs page exist, the page naming the entry in its front matter (``entry: <slug>``), and that
+    no entry file still holds a ``TODO(fedunlearn new)`` placeholder of
+    [`fedunlearn new`][fedunlearn.scaffold] (found by path under ``root``, so a scaffold whose
+    module does not import yet is reported too).
 
     Args:
         root: The repository checkout; defaults to [`repo_root`][fedunlearn.catalog.repo_root].
@@ -244,6 +247,7 @@ def check_repository(root: Path | None = None) -> tuple[list[str], int]:
     from fedunlearn.catalog import discover, repo_root
     from fedunlearn.references import validate
     from fedunlearn.results import typed_numbers
+    from fedunlearn.scaffold import placeholder_problems
     from fedunlearn.sitegen import page_entry_slug
 
     root = root or repo_root()
@@ -282,6 +286,7 @@ def check_repository(root: Path | None = None) -> tuple[list[str], int]:
         if slug is not None and slug not in known:
             relative = page.relative_to(root).as_posix()
             problems.append(f"{relative}:1: front matter names entry {slug!r}, not in the catalog")
+    problems += placeholder_problems(root)
     return problems, len(entries)
 
 
@@ -312,6 +317,38 @@ def _run_import(args: argparse.Namespace) -> int:
     from fedunlearn.bibimport import run
 
     return run(args)
+
+
+# --------------------------------------------------------------------------- new
+
+
+def _new_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("family", metavar="FAMILY", help="the entry's family (e.g. decomposition)")
+    parser.add_argument("slug", metavar="SLUG",
+                        help="the new entry's slug: lower-case words joined by hyphens (e.g. fed-knot)")
+    parser.add_argument("--cite", action="append", default=[], metavar="KEY", required=True,
+                        help="a citation key present in references/ (repeat for more; the first is the "
+                        "method's paper); import a missing record with 'fedunlearn import-bib FILE.bib'")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="repository checkout to write into (default: the one this package is "
+                        "installed from)")
+
+
+def _run_new(args: argparse.Namespace) -> int:
+    from fedunlearn.catalog import repo_root
+    from fedunlearn.scaffold import MARKER, ScaffoldError, write_entry
+
+    root = args.root or repo_root()
+    try:
+        written = write_entry(root, args.family, args.slug, list(args.cite))
+    except ScaffoldError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"wrote entry {args.slug} ({args.family}):")
+    for path in written:
+        print(f"  {path.relative_to(root).as_posix()}")
+    print(f"Next: replace every {MARKER} (the new test and 'fedunlearn check' list them with file "
+          "and line), implement unlearn, run the notebook; see the 'Contributing an entry' page.")
+    return 0
 
 
 #: The built-in subcommands, in the order ``--help`` shows them.
@@ -355,6 +392,19 @@ SUBCOMMANDS: list[Subcommand] = [
         "and problems are listed with file and line; nothing is written unless every record is "
         "fit. --fix applies the safe normalisations and reports each. Exit 0 when written, 1 "
         "when problems were found.",
+    ),
+    Subcommand(
+        "new",
+        "scaffold a new entry's module, notebook, page and test from templates",
+        _new_arguments,
+        _run_new,
+        "Write the files of a new entry from templates: implementations/fedunlearn/FAMILY/"
+        "<slug with _>.py (Config, a registered method whose unlearn raises NotImplementedError, "
+        "ENTRY), notebooks/FAMILY/SLUG.py, docs/entries/FAMILY/SLUG.md and tests/FAMILY/"
+        "test_SLUG.py. The entry registers itself: the catalog imports every module of the family. "
+        "Every spot to fill in is marked TODO(fedunlearn new); the new test and 'fedunlearn check' "
+        "fail listing them until none is left. The keys must exist in references/, the family must "
+        "be known and the slug new; nothing is written if any target file exists.",
     ),
 ]
 

@@ -1,10 +1,10 @@
 """Markdown for the derived parts of the documentation site.
 
 The docs build (``docs/_hooks/fedunlearn_site.py``, a MkDocs hook) calls these functions to write
-the taxonomy page, the bibliography page, one API page per module, and each entry page's
-*entry card* and *cite this* block. They are plain functions of the catalog and ``references/``
-(no MkDocs import), so what the site shows is derived, never typed twice, and testable without a
-build.
+the taxonomy page, the bibliography page and its per-family BibTeX downloads, one API page per
+module, and each entry page's *entry card* and *cite this* block. They are plain functions of the
+catalog and ``references/`` (no MkDocs import), so what the site shows is derived, never typed
+twice, and testable without a build.
 
 Paths are "docs paths": relative to ``docs/`` as MkDocs sees them, including generated files
 (``taxonomy.md``, ``bibliography.md``, ``api/<module>.md``, ``notebooks/<family>/<slug>.ipynb``).
@@ -20,7 +20,7 @@ import re
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
-from fedunlearn.catalog import FAMILIES, FAMILY_DESCRIPTIONS, Entry
+from fedunlearn.catalog import FAMILIES, FAMILY_DESCRIPTIONS, Entry, citation_keys_of
 from fedunlearn.references import Reference, format_bibtex, format_citation, links
 
 TAXONOMY_PAGE = "taxonomy.md"
@@ -239,10 +239,36 @@ def taxonomy_markdown(entries: list[Entry], existing: Collection[str]) -> str:
     return "\n".join(lines)
 
 
+def family_bibtex_page(family: str) -> str:
+    """Docs path of the BibTeX download of a family's records (``bibliography/<family>.bib``)."""
+    return f"bibliography/{family}.bib"
+
+
+def family_bibtex_files(entries: list[Entry], root: Path | None = None) -> dict[str, str]:
+    """Docs path -> BibTeX of the records cited by each family's entries (families without
+    entries have none): the text ``fedunlearn cite --family FAMILY`` prints.
+
+    Args:
+        entries: The catalog's entries.
+        root: The references folder; defaults to the checkout's ``references/``.
+
+    Raises:
+        KeyError: For a cited key without a record.
+        ReferenceProblem: When the bibliography itself is broken.
+    """
+    files = {}
+    for family in FAMILIES:
+        keys = citation_keys_of(entries, family)
+        if keys:
+            files[family_bibtex_page(family)] = format_bibtex(keys, root)
+    return files
+
+
 def bibliography_markdown(
     library: dict[str, Reference], entries: list[Entry], existing: Collection[str]
 ) -> str:
-    """The bibliography page: every record under a heading whose anchor is its key."""
+    """The bibliography page: a BibTeX download per family with entries, then every record under a
+    heading whose anchor is its key."""
     page = BIBLIOGRAPHY_PAGE
     cited_by: dict[str, list[Entry]] = {}
     for entry in entries:
@@ -257,6 +283,18 @@ def bibliography_markdown(
         ),
         "",
     ]
+    downloads = []
+    for family, title in FAMILIES.items():
+        keys = citation_keys_of(entries, family)
+        if keys:
+            target = family_bibtex_page(family)
+            label = link("download BibTeX", target, page, existing)
+            downloads.append(f"- {link(title, TAXONOMY_PAGE, page, existing, family)}: {label} "
+                             f"(`{posixpath.basename(target)}`, {len(keys)} record{'s' if len(keys) > 1 else ''}; "
+                             f"`fedunlearn cite --family {family}` prints the same)")
+    if downloads:
+        lines += ["The records cited by each family's entries, as one BibTeX file per family:", "",
+                  *downloads, ""]
     for key, reference in library.items():
         urls = " · ".join(f"[{label}]({url})" for label, url in links(reference))
         lines += [f"## `{key}` {{ #{key} }}", "", format_citation(reference), ""]
