@@ -79,9 +79,10 @@ display(Markdown(entry.claims_markdown()))
 #   repair rounds are ours, for the tiny model (the paper's $10^{-5}$ on a 7B model does not
 #   transfer), chosen on seed 0 without $\theta_r$: the budget by the rule below on **validation
 #   people** (nobody trained on them; disjoint from the evaluation's unseen people).
-# - **Referee.** $\theta_r$: FedAvg from the same initialisation without client 0, same seed; a
-#   second retraining sets each metric's noise floor. Forget quality is TOFU's KS p-value of the
-#   forget questions' truth ratios against $\theta_r$'s.
+# - **Referee.** $\theta_r$: FedAvg from the same initialisation without client 0, same seed. The
+#   claim reads no retrain band, so no second retraining measures a noise floor here: the table's
+#   bands are the tolerances. Forget quality is TOFU's KS p-value of the forget questions' truth
+#   ratios against $\theta_r$'s.
 
 # %%
 FULL = os.environ.get("FULL") == "1"
@@ -133,7 +134,9 @@ display(Markdown(results.add("selection", "\n".join(
 # model evaluated once, gaps paired with $\theta_r$ of the same seed.
 
 # %%
-cmp = compare("profiles-client", [NPO, (NPO, {"objective": "ascent"})], seeds=SEEDS, progress=False, **LM_SMOKE)
+# the claim reads no retrain band: no second oracle is retrained (bands are the tolerances)
+cmp = compare("profiles-client", [NPO, (NPO, {"objective": "ascent"})], seeds=SEEDS, progress=False, noise_floor=False,
+              **LM_SMOKE)
 METRICS = ["retain_answer_prob", "forget_quality", "model_utility", *[m for m in LM_HEADLINE_METRICS
                                                                       if m not in ("forget_quality", "model_utility")]]
 display(Markdown(results.add("table", cmp.table(METRICS))))

@@ -208,14 +208,15 @@ def test_a_shard_count_above_the_clients_stores_nothing(tmp_path, monkeypatch) -
 # ---------------------------------------------------------------- reproduced claims (digits-backdoor)
 
 
-def expected_cost(config: SisaConfig, unlearner: type[Sisa] = Sisa) -> float:
+def expected_cost(config: SisaConfig, unlearner: type[Sisa] = Sisa, requests: int = 0) -> float:
     """Client steps of unlearning (SISA's, or a control's on SISA's trained federation) averaged over the 10
-    single-client requests, over the average monolithic retraining's (uniform requests)."""
+    single-client requests (the first ``requests`` of them when given: a control that retrains everything
+    costs the same for each), over the average monolithic retraining's (uniform requests)."""
     scenario = build_scenario("digits-backdoor", seed=0)
     run = cache.trained_federation(scenario, method=Sisa(config))
     method = unlearner(config)
     steps, monolithic = 0, 0
-    for c in sorted(scenario.clients):
+    for c in sorted(scenario.clients)[: requests or None]:
         request = ForgetRequest.forget_clients(c)
         steps += run_method(method, run, request).cost.client_steps
         monolithic += monolithic_retrain_steps(run, request)
@@ -244,7 +245,7 @@ class FromScratch(Sisa):
 @pytest.mark.parametrize("shards", COST_SHARDS)
 def test_reproduced_claim_expected_cost_at_most_two_over_s(shards: int) -> None:
     assert expected_cost(SisaConfig(shards=shards)) <= COST_FACTOR / shards
-    assert expected_cost(SisaConfig(shards=shards), EveryShard) > COST_FACTOR / shards
+    assert expected_cost(SisaConfig(shards=shards), EveryShard, requests=2) > COST_FACTOR / shards
 
 
 @pytest.mark.slow
@@ -255,7 +256,7 @@ def test_reproduced_claim_slicing_cuts_the_expected_cost() -> None:
     assert sliced < unsliced
     # the checkpoints do part of it: retraining the shard from w_0 on the same slices costs more
     assert expected_cost(SisaConfig(shards=shards, slices=SLICED), FromScratch) > sliced
-    assert expected_cost(SisaConfig(shards=shards, slices=SLICED), EveryShard) >= unsliced
+    assert expected_cost(SisaConfig(shards=shards, slices=SLICED), EveryShard, requests=2) >= unsliced
 
 
 @pytest.fixture(scope="module")

@@ -201,6 +201,18 @@ def test_a_method_that_owns_its_training_is_trained_cached_and_judged(tmp_path, 
     assert "θ_r of test-half-rounds †" in first.table()
 
 
+def test_without_the_noise_floor_every_band_is_the_tolerance(result):
+    """The same comparison without the second oracle: identical metrics, σ_r = 0, bands = tolerance,
+    and the table says the noise floor was not measured (the default measures it: control)."""
+    lean = compare("digits-backdoor", ["do-nothing", "continue-fedavg"], seeds=[0, 1], progress=False,
+                   noise_floor=False)
+    assert [r["oracle"] for r in lean.per_seed] == [r["oracle"] for r in result.per_seed]
+    assert all(r["oracle_second_seed"] == r["oracle"] for r in lean.per_seed)
+    assert all(lean.aggregate["band"][m] == tolerance(m) for m in lean.aggregate["metrics"])
+    assert "σ_r not measured" in lean.table() and "σ_r not measured" not in result.table()
+    assert any(result.aggregate["band"][m] > tolerance(m) for m in result.aggregate["metrics"])
+
+
 def test_sequential_comparison_needs_a_sequence(no_training):
     with pytest.raises(ValueError, match="no sequence of requests; scenarios with one: profiles-sequential"):
         compare_sequential("digits-backdoor", ["do-nothing"], progress=False)
@@ -236,6 +248,14 @@ def test_a_sequence_chains_deployed_models_and_judges_each_request(monkeypatch):
     first = get_method("continue-fedavg", rounds=1).unlearn(run, ForgetRequest.forget_clients(0), CostCounter())
     chained = get_method("continue-fedavg", rounds=1).unlearn(replace(run, final_state=first), sc.request, CostCounter())
     assert steps[1].value("continue-fedavg[rounds=1]", "test_acc") == evaluate(sc, chained, run.model)["test_acc"]
+    # the first request alone: the same comparison as the chain's first step; out of range: refused
+    only = compare_sequential("test-two-requests", [("continue-fedavg", {"rounds": 1}), FromOriginal()],
+                              progress=False, requests=1)
+    assert len(only) == 1
+    assert [m["metrics"] for m in only[0].per_seed[0]["methods"].values()] == [
+        m["metrics"] for m in steps[0].per_seed[0]["methods"].values()]
+    with pytest.raises(ValueError, match=r"requests must lie in 0..2 for 'test-two-requests', got 3"):
+        compare_sequential("test-two-requests", ["do-nothing"], progress=False, requests=3)
 
 
 def test_not_above_retrain_is_one_sided_and_holds_at_every_seed():
@@ -267,3 +287,12 @@ def test_tradeoff_plot_draws_the_band_inside_the_metric_range(result, tmp_path, 
     # forget_quality's tolerance (0.95) would reach past 1 from θ_r's 1.0: the band stops at 1
     assert x0 == pytest.approx(1.0 - result.aggregate["band"]["forget_quality"]) and x0 + band.get_width() == 1.0
     assert y0 == pytest.approx(result.value("retrain", "test_acc") - result.aggregate["band"]["test_acc"])
+
+
+def test_methods_serving_leaves_out_a_method_whose_defaults_do_not_fit_the_scenario():
+    """KNOT's default five clusters need five clients: not offered on the four-client language model
+    (it is with two clusters, asked explicitly), offered on ten-client digits."""
+    from fedunlearn.unlearning.registry import methods_serving
+
+    assert "knot" not in methods_serving(scenarios.build_scenario("profiles-client", 0))
+    assert "knot" in methods_serving(scenarios.build_scenario("digits-client", 0))

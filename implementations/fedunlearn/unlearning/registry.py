@@ -37,12 +37,20 @@ def available_methods() -> dict[str, type[UnlearningMethod]]:
 
 
 def methods_serving(scenario) -> list[str]:
-    """Registered methods (the oracle ``retrain`` aside) that serve the scenario: its request's
-    granularity, its kind (classification or language) and, for a method that names the scenarios
-    it runs on, its name."""
+    """Registered methods (the oracle ``retrain`` aside) that serve the scenario with their default
+    settings: its request's granularity, its kind (classification or language), its name for a
+    method that names the scenarios it runs on, and the method's own check of the scenario (e.g.
+    KNOT's default five clusters need at least five clients)."""
+    def fits(cls: type[UnlearningMethod]) -> bool:
+        try:
+            cls().validate(scenario)
+        except ValueError:
+            return False
+        return True
+
     return [name for name, cls in available_methods().items() if name != "retrain"
             and scenario.request.kind in cls.granularities and scenario.kind in cls.scenario_kinds
-            and (not cls.scenarios or scenario.name in cls.scenarios)]
+            and (not cls.scenarios or scenario.name in cls.scenarios) and fits(cls)]
 
 
 def _known(name: str) -> type[UnlearningMethod]:
