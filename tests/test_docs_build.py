@@ -155,3 +155,85 @@ def test_offline_assets_only(build: tuple[Path, str]) -> None:
     assert 'src="javascripts/vendor/mathjax/tex-svg.js"' in home
     assert '<div class="arithmatex">' in home
     assert (site / "javascripts" / "vendor" / "mathjax" / "tex-svg.js").is_file()
+
+
+# ---------------------------------------------------------------- the built site in a real browser
+# Headless Chromium (Debian's package; scripts/test installs it where the user may) drives the site
+# served on 127.0.0.1 through the DevTools protocol (tests/browser.py). Every host name other than
+# 127.0.0.1 resolves to nothing, and every request the pages make is recorded.
+
+
+@pytest.fixture(scope="module")
+def browser(build: tuple[Path, str]):
+    from browser import INSTALL_HINT, Browser, chromium, serve
+
+    executable = chromium()
+    if executable is None:
+        pytest.skip(INSTALL_HINT)
+    site, _ = build
+    base, stop = serve(str(site))
+    with Browser(executable) as driver:
+        driver.base = base
+        yield driver
+    stop()
+
+
+def test_browser_entry_page_renders_its_math(browser) -> None:
+    browser.open(f"{browser.base}/entries/decomposition/fused/")
+    assert browser.wait_for("document.querySelectorAll('mjx-container svg').length", "MathJax SVG") > 0
+
+
+def test_browser_cite_button_copies_the_bibtex(browser) -> None:
+    """The copy button of the page's cite block puts that block's BibTeX on the clipboard."""
+    browser.open(f"{browser.base}/entries/decomposition/fused/")
+    browser.grant_clipboard(browser.base)
+    browser.evaluate("navigator.clipboard.writeText('')")
+    browser.evaluate("document.querySelectorAll('details.quote').forEach(d => d.open = true)")
+    browser.click("details.quote button[data-md-type=copy]")
+    copied = browser.wait_for("navigator.clipboard.readText()", "the clipboard to fill")
+    assert copied.startswith("@inproceedings{zhong2025unlearning,")
+
+
+def test_browser_search_finds_an_entry_by_a_word_of_its_title(browser) -> None:
+    browser.open(f"{browser.base}/")
+    browser.type_text(".md-search__input", "FedEraser")
+    hits = browser.wait_for("Array.from(document.querySelectorAll('.md-search-result__item a'))"
+                            ".map(a => a.getAttribute('href')).join(' ')", "search results")
+    assert "/entries/incremental/federaser/" in hits
+
+
+def test_browser_explorer_filter_hides_rows_that_do_not_match(browser) -> None:
+    """Ticking "exact" keeps exactly the exact methods; ticking "LoRA language model" too keeps
+    those of them that run on the language model."""
+    from fedunlearn.unlearning.registry import available_methods
+
+    browser.open(f"{browser.base}/taxonomy/")
+    visible = ("Array.from(document.querySelectorAll('.fu-explorer span.fu-facets'))"
+               ".filter(s => !s.closest('tr').hidden).map(s => s.closest('tr').querySelector('code').textContent)")
+    everything = browser.evaluate(visible)
+    assert len(everything) >= 20
+    browser.click("input[data-facet=exactness][value=exact]")
+    exact = sorted(browser.evaluate(visible))
+    methods = available_methods()
+    assert exact == sorted(name for name in everything if methods[name].exact)
+    assert 0 < len(exact) < len(everything)
+    browser.click("input[data-facet=models][value='LoRA language model']")
+    both = sorted(browser.evaluate(visible))
+    assert both == sorted(n for n in exact if "language" in methods[n].scenario_kinds)
+    assert browser.evaluate("document.querySelector('.fu-explorer-count').textContent") == (
+        f"{len(both)} of {len(everything)} methods shown")
+
+
+@pytest.mark.parametrize("page", ["notebooks/harness/perturbation-family/", "notebooks/harness/decomposition-family/"])
+def test_browser_comparison_pages_show_their_plots(browser, page: str) -> None:
+    browser.open(f"{browser.base}/{page}")
+    sizes = browser.evaluate("Array.from(document.images).filter(i => i.closest('.jp-OutputArea'))"
+                             ".map(i => i.complete ? i.naturalWidth : 0)")
+    assert sizes and all(width > 100 for width in sizes)
+
+
+def test_browser_saw_no_console_error_and_no_request_off_the_machine(browser) -> None:
+    """Runs after the page tests above (same module, file order)."""
+    assert browser.requests, "the browser recorded no request at all"
+    assert [u for u in browser.requests if not u.startswith((browser.base, "data:", "blob:"))] == []
+    assert browser.console_errors == []
