@@ -165,6 +165,11 @@ def taxonomy_markdown(entries: list[Entry], existing: Collection[str]) -> str:
     """The taxonomy page: every family, its description and a table of its entries."""
     page = TAXONOMY_PAGE
     lines = [
+        "---",
+        "hide:",
+        "  - toc",  # the explorer's table needs the width; the families are in the navigation
+        "---",
+        "",
         "# Taxonomy",
         "",
         (

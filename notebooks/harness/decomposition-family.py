@@ -42,7 +42,7 @@
 # its entry's defaults; nothing here is typed in. Smoke size: seed 0 (the entries' own seed, so
 # their runs are reused); `FULL=1` runs three seeds and the scenarios' full size.
 
-# %%
+# %% tags=["hide-input"]
 import os
 import statistics
 
@@ -117,10 +117,10 @@ def trade_rows(scenario, cmp):
                           + (p["history_storage_models"] if method.history_interval() is not None else 0.0)
                           for p in per])
         rows.append(
-            f"| `{label}` | `{scenario}` | {'exact' if method.exact else 'approximate'} | "
-            f"{median([p['cost']['client_steps'] for p in per]):.0f} | {cmp.rho(label):.3f}{' †' if own else ''} | "
-            f"{forgetting} {'✓' if cmp.equivalent(label, forgetting) else '✗'} | {upfront:.2f}× | "
-            f"{utility_gap:+.3f} ({utility}) | {storage:.1f} |")
+            f"| `{label}` on `{scenario}` | {'exact' if method.exact else 'approx.'}; {forgetting} "
+            f"{'✓' if cmp.equivalent(label, forgetting) else '✗'} | "
+            f"{median([p['cost']['client_steps'] for p in per]):.0f} (ρ {cmp.rho(label):.2f}{' †' if own else ''}) | "
+            f"{upfront:.2f}× | {utility_gap:+.3f} {utility} | {storage:.1f} |")
     return rows
 
 
@@ -133,7 +133,7 @@ comparisons = {}
 # 0. The attack success rate (ASR) is the forgetting signal; test accuracy the utility. ✓ marks a
 # metric within the band of the method's referee († rows: the method's own retraining).
 
-# %%
+# %% tags=["hide-input"]
 comparisons["digits-backdoor"] = run_section("digits-backdoor")
 display(Markdown(comparisons["digits-backdoor"].table(["test_acc", "asr", "retain_acc", "forget_quality"])))
 
@@ -144,7 +144,7 @@ display(Markdown(comparisons["digits-backdoor"].table(["test_acc", "asr", "retai
 # the backdoored client before any request, so the attack success rate cannot show forgetting.
 # Forgetting is the forgotten client's accuracy on its own (clean) examples.
 
-# %%
+# %% tags=["hide-input"]
 comparisons["digits-client"] = run_section("digits-client")
 display(Markdown(comparisons["digits-client"].table(["test_acc", "forget_acc", "mia_auc", "retain_acc"])))
 
@@ -155,7 +155,7 @@ display(Markdown(comparisons["digits-client"].table(["test_acc", "forget_acc", "
 # CNN (channels to prune), FedAU an auxiliary head trained during federation, so each runs on the
 # scenario whose model has that part; forgetting is the forgotten class's test accuracy.
 
-# %%
+# %% tags=["hide-input"]
 for scenario in ("digits-class-cnn", "digits-class-aux"):
     comparisons[scenario] = run_section(scenario)
     display(Markdown(f"`{scenario}`:\n\n" + comparisons[scenario].table(["test_acc", "forget_acc", "retain_acc"])))
@@ -167,7 +167,7 @@ for scenario in ("digits-class-cnn", "digits-class-aux"):
 # fictitious people; the request forgets client 0 and its five people. Definitions of the columns:
 # [Evaluating unlearning](../../evaluating.md#language-model-metrics).
 
-# %%
+# %% tags=["hide-input"]
 comparisons["profiles-client"] = run_section("profiles-client")
 display(Markdown(comparisons["profiles-client"].table(LM_HEADLINE_METRICS)))
 
@@ -180,9 +180,9 @@ display(Markdown(comparisons["profiles-client"].table(LM_HEADLINE_METRICS)))
 # before any request, minus FedAvg's θ_o; what it stores beyond the served model, in model sizes
 # (history only for methods that read it).
 
-# %%
-summary = ["| method | scenario | exactness | unlearning client steps | ρ_steps | forgetting in band | "
-           "up-front training | up-front utility | storage (models) |", "|---|---|---|---|---|---|---|---|---|"]
+# %% tags=["hide-input"]
+summary = ["| method on scenario | exactness; forgetting in band | unlearning: client steps (ρ_steps) | "
+           "up-front training | up-front utility | storage (models) |", "|---|---|---|---|---|---|"]
 for scenario, cmp in comparisons.items():
     summary += trade_rows(scenario, cmp)
 display(Markdown("\n".join(summary)))
@@ -193,7 +193,7 @@ display(Markdown("\n".join(summary)))
 # The baseline's one knob. Each α subtracts α times the same reinforcement step (5 local epochs of
 # the forgetting client on its own records, from θ_o); dashed lines are θ_r's values, dotted θ_o's.
 
-# %%
+# %% tags=["hide-input"]
 sweep = compare("profiles-client", [("task-vector-negation", {"alpha": a}) for a in ALPHA_GRID] + ["do-nothing"],
                 seeds=SEEDS, full=FULL, progress=False, **LM_SIZE)
 labels = [get_method("task-vector-negation", alpha=a).label for a in ALPHA_GRID]
@@ -204,7 +204,9 @@ for ax, (metric, title) in zip(axes, panels, strict=True):
     ax.plot(ALPHA_GRID, [sweep.value(label, metric) for label in labels], "o-")
     ax.axhline(sweep.value("retrain", metric), color="green", linestyle="--", label="θ_r")
     ax.axhline(sweep.value("original", metric), color="grey", linestyle=":", label="θ_o")
-    ax.set(xscale="log", xticks=ALPHA_GRID, xticklabels=[f"{a:g}" for a in ALPHA_GRID], xlabel="α", title=title)
+    ax.set_xscale("log", base=2)
+    ax.set(xticks=ALPHA_GRID, xticklabels=[f"{a:g}" for a in ALPHA_GRID], xlabel="α", title=title)
+    ax.minorticks_off()
 axes[0].legend(fontsize=8)
 fig.tight_layout()
 plt.show()

@@ -30,7 +30,7 @@
 # seeds), coloured by ρ_steps (client steps / retraining's); the green rectangle is the retrain
 # band around θ_r: a point inside it is retrain-equivalent on both axes.
 
-# %%
+# %% tags=["hide-input"]
 import os
 import tempfile
 from pathlib import Path
@@ -73,7 +73,7 @@ print("family methods:", ", ".join(members), "| family control:", ", ".join(cont
 # Methods that do not serve this scenario (certified removal forgets records; knowledge unlearning
 # measures text memorisation) are compared on their own pages.
 
-# %%
+# %% tags=["hide-input"]
 digits = compare("digits-backdoor", methods_for("digits-backdoor"), seeds=DIGITS_SEEDS, progress=False)
 display(Markdown(digits.table(["test_acc", "retain_acc", "asr", "trigger_margin", "forget_quality"])))
 display(Image(str(tradeoff_plot(digits, PLOTS / "digits.png", forgetting="asr", utility="test_acc",
@@ -91,7 +91,7 @@ display(Image(str(tradeoff_plot(digits, PLOTS / "digits.png", forgetting="asr", 
 # [Evaluating unlearning](../../evaluating.md#language-model-metrics). Smoke size: the federation's
 # first 6 rounds (`LM_SMOKE`, the cut the entries' notebooks share), one seed; `FULL=1` runs three.
 
-# %%
+# %% tags=["hide-input"]
 language = compare("profiles-client", methods_for("profiles-client"), seeds=LM_SEEDS, progress=False, **LM_SMOKE)
 display(Markdown(language.table(LM_HEADLINE_METRICS)))
 display(Image(str(tradeoff_plot(language, PLOTS / "language.png", forgetting="forget_quality",
@@ -104,7 +104,7 @@ display(Image(str(tradeoff_plot(language, PLOTS / "language.png", forgetting="fo
 # The same federation; the request forgets one person's records (canary included) from client 0,
 # which keeps its other people. Only the methods that serve record requests take part.
 
-# %%
+# %% tags=["hide-input"]
 person = compare("profiles-person", methods_for("profiles-person"), seeds=LM_SEEDS, progress=False, **LM_SMOKE)
 display(Markdown(person.table(LM_HEADLINE_METRICS)))
 
@@ -117,7 +117,7 @@ display(Markdown(person.table(LM_HEADLINE_METRICS)))
 # retrained by FedAvg. Forgetting 100 of 1,347 records barely moves these metrics, so read the
 # table for cost and for what the methods do to utility. No plot: the two referees differ.
 
-# %%
+# %% tags=["hide-input"]
 records = compare("digits-records", methods_for("digits-records"), seeds=DIGITS_SEEDS, progress=False)
 display(Markdown(records.table(["test_acc", "forget_acc", "forget_loss", "mia_auc", "forget_quality"],
                                costs=("steps", "comm"))))
