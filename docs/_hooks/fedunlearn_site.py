@@ -71,6 +71,10 @@ def _notebook_sources(repo: Path) -> list[Path]:
 # --------------------------------------------------------------------------- nav
 
 
+#: Section titles of the notebook folders that are not a family.
+FOLDER_TITLES = {"harness": "Comparisons across entries"}
+
+
 def _family_sections(paths: list[str], titles: dict[str, str] | None = None) -> list:
     """Group docs paths ``<top>/<family>/<name>`` into nav sections titled by family."""
     by_family: dict[str, list] = {}
@@ -80,7 +84,7 @@ def _family_sections(paths: list[str], titles: dict[str, str] | None = None) -> 
         by_family.setdefault(family, []).append(item)
     order = [f for f in catalog.FAMILIES if f in by_family]
     order += sorted(f for f in by_family if f not in catalog.FAMILIES)
-    return [{catalog.FAMILIES.get(f, f): by_family[f]} for f in order]
+    return [{catalog.FAMILIES.get(f, FOLDER_TITLES.get(f, f)): by_family[f]} for f in order]
 
 
 def _api_section() -> list:

@@ -48,7 +48,7 @@ def methods_for(scenario_name):
 
 
 # %% [markdown]
-# ## Backdoored client (`digits-backdoor`)
+# ## Backdoored client (digits-backdoor)
 #
 # Client 0 of 10 adds triggered copies of half its images labelled 0; the request forgets client 0.
 # The attack success rate (ASR) is the forgetting signal here: θ_o keeps the backdoor, θ_r has
@@ -65,7 +65,7 @@ plot_path = Path(tempfile.mkdtemp()) / "digits-backdoor.png"  # embedded in the 
 display(Image(str(pareto_plot(backdoor, plot_path, metric="asr"))))
 
 # %% [markdown]
-# ## Federated LoRA language model (`profiles-client`)
+# ## Federated LoRA language model (profiles-client)
 #
 # Four clients fine-tune LoRA adapters of a tiny causal LM on question–answer records about
 # fictitious people (each with a planted four-digit secret); the request forgets client 0 and its

@@ -127,7 +127,7 @@ def trade_rows(scenario, cmp):
 comparisons = {}
 
 # %% [markdown]
-# ## A backdoored client (`digits-backdoor`)
+# ## A backdoored client (digits-backdoor)
 #
 # Client 0 of 10 adds triggered copies of half its images labelled 0; the request forgets client
 # 0. The attack success rate (ASR) is the forgetting signal; test accuracy the utility. ✓ marks a
@@ -138,7 +138,7 @@ comparisons["digits-backdoor"] = run_section("digits-backdoor")
 display(Markdown(comparisons["digits-backdoor"].table(["test_acc", "asr", "retain_acc", "forget_quality"])))
 
 # %% [markdown]
-# ## A client's own data (`digits-client`)
+# ## A client's own data (digits-client)
 #
 # KNOT runs here rather than on `digits-backdoor`: its vote of five cluster models already outvotes
 # the backdoored client before any request, so the attack success rate cannot show forgetting.
@@ -149,7 +149,7 @@ comparisons["digits-client"] = run_section("digits-client")
 display(Markdown(comparisons["digits-client"].table(["test_acc", "forget_acc", "mia_auc", "retain_acc"])))
 
 # %% [markdown]
-# ## A whole class (`digits-class-cnn`, `digits-class-aux`)
+# ## A whole class (digits-class-cnn, digits-class-aux)
 #
 # The request forgets digit class 3 from every client. Class-discriminative pruning needs a small
 # CNN (channels to prune), FedAU an auxiliary head trained during federation, so each runs on the
@@ -161,7 +161,7 @@ for scenario in ("digits-class-cnn", "digits-class-aux"):
     display(Markdown(f"`{scenario}`:\n\n" + comparisons[scenario].table(["test_acc", "forget_acc", "retain_acc"])))
 
 # %% [markdown]
-# ## Federated LoRA language model (`profiles-client`)
+# ## Federated LoRA language model (profiles-client)
 #
 # Four clients fine-tune LoRA adapters of a tiny causal LM on question–answer records about
 # fictitious people; the request forgets client 0 and its five people. Definitions of the columns:

@@ -65,7 +65,7 @@ def methods_for(scenario_name):
 print("family methods:", ", ".join(members), "| family control:", ", ".join(controls))
 
 # %% [markdown]
-# ## Backdoored client (`digits-backdoor`)
+# ## Backdoored client (digits-backdoor)
 #
 # Client 0 of 10 adds triggered copies of half its images labelled 0; the request forgets client 0.
 # The attack success rate (ASR) is the forgetting signal (θ_o keeps the backdoor, θ_r has none);
@@ -80,7 +80,7 @@ display(Image(str(tradeoff_plot(digits, PLOTS / "digits.png", forgetting="asr", 
                                 title="digits-backdoor: test accuracy vs ASR"))))
 
 # %% [markdown]
-# ## Federated LoRA language model (`profiles-client`)
+# ## Federated LoRA language model (profiles-client)
 #
 # Four clients fine-tune LoRA adapters of a tiny causal LM on question–answer records about
 # fictitious people; the request forgets client 0 and its five people (a quarter of all people).
@@ -99,7 +99,7 @@ display(Image(str(tradeoff_plot(language, PLOTS / "language.png", forgetting="fo
                                 title="profiles-client: model utility vs forget quality"))))
 
 # %% [markdown]
-# ## One person's records (`profiles-person`)
+# ## One person's records (profiles-person)
 #
 # The same federation; the request forgets one person's records (canary included) from client 0,
 # which keeps its other people. Only the methods that serve record requests take part.
@@ -109,7 +109,7 @@ person = compare("profiles-person", methods_for("profiles-person"), seeds=LM_SEE
 display(Markdown(person.table(LM_HEADLINE_METRICS)))
 
 # %% [markdown]
-# ## Records spread over the clients (`digits-records`)
+# ## Records spread over the clients (digits-records)
 #
 # 100 seeded records of the digits federation, spread over its 10 clients. Certified removal
 # trains its own model (a loss-perturbed linear head) and is judged against that model retrained

@@ -250,7 +250,7 @@ display(Markdown(results.add("controls", (
     f"{cmp.value('original', 'mia_auc'):.2f} and {cmp.value('retrain', 'mia_auc'):.2f}"))))
 
 # %% [markdown]
-# ## The same method on a federated LoRA language model (`profiles-client`)
+# ## The same method on a federated LoRA language model (profiles-client)
 #
 # No paper in this family ran it there. Scenario `profiles-client`: a tiny Llama-style model
 # (pretrained once on other fictitious people); clients fine-tune LoRA adapters with FedAvg on

@@ -257,7 +257,7 @@ display(Markdown(results.claims("claims", [
 ])))
 
 # %% [markdown]
-# ## The same method on federated LoRA adapters (`profiles-client`)
+# ## The same method on federated LoRA adapters (profiles-client)
 #
 # The federated state is the LoRA adapters; residuals, weights, the bound and the noise are all
 # taken in adapter space (the frozen base model is untouched). At smoke size the federation is cut

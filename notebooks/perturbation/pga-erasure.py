@@ -263,7 +263,7 @@ display(Markdown(results.claims("claims", [
 ])))
 
 # %% [markdown]
-# ## The same method on a federated LoRA language model (`profiles-client`)
+# ## The same method on a federated LoRA language model (profiles-client)
 #
 # Scenario `profiles-client`: a tiny Llama-style model (pretrained once on other fictitious
 # people); 4 clients fine-tune LoRA adapters with FedAvg on question-answer records about their
