@@ -186,8 +186,7 @@ def test_browser_entry_page_renders_its_math(browser) -> None:
 def test_browser_cite_button_copies_the_bibtex(browser) -> None:
     """The copy button of the page's cite block puts that block's BibTeX on the clipboard."""
     browser.open(f"{browser.base}/entries/decomposition/fused/")
-    browser.grant_clipboard(browser.base)
-    browser.evaluate("navigator.clipboard.writeText('')")
+    browser.grant_clipboard(browser.base)  # nothing else in the session writes the clipboard
     browser.evaluate("document.querySelectorAll('details.quote').forEach(d => d.open = true)")
     browser.click("details.quote button[data-md-type=copy]")
     copied = browser.wait_for("navigator.clipboard.readText()", "the clipboard to fill")

@@ -166,22 +166,26 @@ def collapse_rows(comparison, npo: str, ascent: str) -> list[dict]:
 
 
 def collapse_budget(run: TrainedFederation, request: ForgetRequest, answer_probability, config: NPOConfig | None = None,
-                    grid: tuple[int, ...] = BUDGET_GRID) -> tuple[int | None, list[tuple[int, float]]]:
+                    grid: tuple[int, ...] = BUDGET_GRID, unlearn=None) -> tuple[int | None, list[tuple[int, float]]]:
     r"""The paper's regime, chosen without $\theta_r$: the smallest epoch budget in ``grid`` at which
     gradient ascent (``config`` with ``objective="ascent"``, repair included) brings
     ``answer_probability(state)`` (e.g. on validation people) below ``COLLAPSE_FRACTION`` of
     $\theta_o$'s.
 
+    ``unlearn(method)`` returns a method's unlearned state (default: ``method.unlearn`` on ``run``;
+    a notebook and a test pass the method cache's, so that they share the runs).
+
     Returns:
         ``(epochs or None, [(epochs, ratio to θ_o), ...])`` for the budgets tried (it stops at the first).
     """
     config = config if config is not None else NPOConfig()
+    unlearn = unlearn if unlearn is not None else (lambda method: method.unlearn(run, request, CostCounter()))
     base = answer_probability(run.final_state)
     tried = []
     for epochs in grid:
         ascent = NegativePreferenceOptimization(NPOConfig(**{**config.__dict__, "objective": "ascent",
                                                              "epochs": epochs}))
-        ratio = answer_probability(ascent.unlearn(run, request, CostCounter())) / base
+        ratio = answer_probability(unlearn(ascent)) / base
         tried.append((epochs, ratio))
         if ratio < COLLAPSE_FRACTION:
             return epochs, tried
