@@ -280,28 +280,16 @@ def test_reproduced_claim_fused_forgetting_as_measured(language, digits) -> None
 # ---------------------------------------------------------------- on Flower
 
 
-def test_fused_unlearns_on_flower_as_in_process(tmp_path, monkeypatch) -> None:
+def test_fused_unlearns_on_flower_as_in_process(tmp_path, flower_server) -> None:
     """A FedAvg ``mode="train"`` run, then ``mode="unlearn"`` with ``method="fused"``: the sparse plan
     (``trainable``) travels to the ClientApps, and the unlearned state equals the in-process one; only the
     critical layers changed."""
-    pytest.importorskip("flwr", reason="Flower is not installed")
-    import importlib.util
     import json
-    from pathlib import Path
 
-    from flwr.app import Context, RecordDict
-    from flwr.supercore.task_identity import TaskIdentity
     from safetensors.torch import load_file
 
-    from fedunlearn.flower import server_app
     from fedunlearn.flower.settings import RunSettings
 
-    spec = importlib.util.spec_from_file_location("flower_pool_helpers",
-                                                  Path(__file__).parents[1] / "flower" / "test_pool.py")
-    helpers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(helpers)  # its in-process Grid (LocalGrid)
-    for name, value in (("_run_id", 1), ("_node_id", 1), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
     config = {"scenario": "digits-backdoor", "seed": 0, "num-clients": 4, "rounds": 4}
     method = get_method("fused")
     scenario = RunSettings.from_run_config(config).build_scenario()
@@ -312,12 +300,10 @@ def test_fused_unlearns_on_flower_as_in_process(tmp_path, monkeypatch) -> None:
     nodes = {300 + c: c for c in scenario.clients}
     paths = {"history-path": str(tmp_path / "history"), "out-dir": str(tmp_path / "out")}
     for mode, own in (("train", {}), ("unlearn", {"method": "fused", "method-config": "{}"})):
-        context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(),
-                          run_config={**config, **paths, **own, "mode": mode})
-        server_app.main(helpers.LocalGrid(config, nodes), context)
+        flower_server(config, nodes, {**paths, **own, "mode": mode})
     out = tmp_path / "out" / "unlearn-fused"
     assert json.loads((out / "result.json").read_text())["status"] == "finished"
     got = load_file(out / "state.safetensors")
-    helpers.assert_same_state(got, expected.state)
+    flower_server.assert_same_state(got, expected.state)
     trained = TrainingHistory.load(tmp_path / "history").final_state
     assert {k for k in got if not torch.equal(got[k], trained[k])} == {"4.weight", "4.bias"}

@@ -174,27 +174,15 @@ def test_bad_input_names_the_value(tmp_path, monkeypatch) -> None:
 # ---------------------------------------------------------------- on Flower
 
 
-def test_knot_trains_and_unlearns_on_flower_as_in_process(tmp_path, monkeypatch) -> None:
+def test_knot_trains_and_unlearns_on_flower_as_in_process(tmp_path, flower_server) -> None:
     """``mode="train"`` with ``method="knot"`` trains the clusters through the Flower pool (cluster states saved
     with the history), ``mode="unlearn"`` retrains client 0's cluster: both equal the in-process engine."""
-    pytest.importorskip("flwr", reason="Flower is not installed")
-    import importlib.util
     import json
-    from pathlib import Path
 
-    from flwr.app import Context, RecordDict
-    from flwr.supercore.task_identity import TaskIdentity
     from safetensors.torch import load_file
 
-    from fedunlearn.flower import server_app
     from fedunlearn.flower.settings import RunSettings
 
-    spec = importlib.util.spec_from_file_location("flower_pool_helpers",
-                                                  Path(__file__).parents[1] / "flower" / "test_pool.py")
-    helpers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(helpers)  # its in-process Grid (LocalGrid)
-    for name, value in (("_run_id", 1), ("_node_id", 1), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
     config = {"scenario": "digits-backdoor", "seed": 0, "num-clients": 4, "rounds": 2}
     overrides = {"clusters": 2}
     method = get_method("knot", **overrides)
@@ -208,15 +196,13 @@ def test_knot_trains_and_unlearns_on_flower_as_in_process(tmp_path, monkeypatch)
     paths = {"history-path": str(tmp_path / "history"), "out-dir": str(tmp_path / "out")}
     own = {"method": "knot", "method-config": json.dumps(overrides)}
     for mode in ("train", "unlearn"):
-        context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(),
-                          run_config={**config, **paths, **own, "mode": mode})
-        server_app.main(helpers.LocalGrid(config, nodes), context)
+        flower_server(config, nodes, {**paths, **own, "mode": mode})
     history = TrainingHistory.load(tmp_path / "history")
     assert set(history.extras) == {CHECKPOINTS}
-    helpers.assert_same_state(history.final_state, reference.final_state)
+    flower_server.assert_same_state(history.final_state, reference.final_state)
     out = tmp_path / "out" / "unlearn-knot"
     assert json.loads((out / "result.json").read_text())["status"] == "finished"
-    helpers.assert_same_state(load_file(out / "state.safetensors"), expected.state)
+    flower_server.assert_same_state(load_file(out / "state.safetensors"), expected.state)
 
 
 # ---------------------------------------------------------------- reproduced claims (the notebook's calls)
