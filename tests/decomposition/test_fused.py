@@ -41,11 +41,11 @@ from fedunlearn.federated.history import RoundRecord, TrainingHistory
 from fedunlearn.federated.pool import InProcessPool
 from fedunlearn.federated.requests import ForgetRequest, ForgetRequestError, split_clients
 from fedunlearn.federated.task import clone_state
-from fedunlearn.federated.training import FederationConfig
 from fedunlearn.unlearning.base import TrainedFederation, run_method, train_federation
 from fedunlearn.unlearning.compare import compare
 from fedunlearn.unlearning.registry import get_method
 from fedunlearn.unlearning.scenarios import LM_SMOKE, build_scenario
+from toys import digits_setup, states_equal
 
 # ---------------------------------------------------------------- by hand
 
@@ -100,18 +100,10 @@ def test_sparse_rounds_and_bad_config_values() -> None:
 
 
 def toy(clients: dict | None = None, rounds: int = 3) -> TrainedFederation:
-    """Clients 0-3 of digits-backdoor, 24 examples each, every client every round (untrained setup)."""
-    scenario = build_scenario("digits-backdoor", seed=0)
-    if clients is None:
-        clients = {c: d.select(torch.arange(d.num_samples) < 24) for c, d in scenario.clients.items() if c < 4}
-    model = scenario.task.build_model()
-    config = FederationConfig(rounds=rounds, batch_size=8, lr=0.1, seed=0)
-    return TrainedFederation(scenario.task, InProcessPool(scenario.task, clients, model), config,
-                             scenario.task.get_state(model), {}, TrainingHistory({}), CostCounter(), model)
+    return digits_setup(clients, rounds, num_clients=4)
 
 
-def equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+equal = states_equal
 
 
 def test_deleting_a_clients_adapter_equals_training_without_it_bit_for_bit() -> None:

@@ -38,7 +38,6 @@ from fedunlearn.decomposition.knot import (
 from fedunlearn.decomposition.sisa import CHECKPOINTS, shard_checkpoint
 from fedunlearn.federated.costs import CostCounter
 from fedunlearn.federated.history import TrainingHistory
-from fedunlearn.federated.pool import InProcessPool
 from fedunlearn.federated.requests import ForgetRequest, split_clients
 from fedunlearn.federated.training import FederationConfig
 from fedunlearn.unlearning import cache
@@ -46,6 +45,7 @@ from fedunlearn.unlearning.base import TrainedFederation, check_scenario, run_me
 from fedunlearn.unlearning.compare import compare, tolerance
 from fedunlearn.unlearning.registry import get_method
 from fedunlearn.unlearning.scenarios import LM_SMOKE, build_scenario
+from toys import digits_setup, states_equal
 
 # ---------------------------------------------------------------- by hand
 
@@ -87,18 +87,10 @@ def test_the_clock_on_toy_speeds() -> None:
 
 
 def toy(clients: dict | None = None, rounds: int = 3) -> TrainedFederation:
-    """Clients 0-5 of digits-backdoor, 24 examples each; ``rounds`` rounds, every client every round."""
-    scenario = build_scenario("digits-backdoor", seed=0)
-    if clients is None:
-        clients = {c: d.select(torch.arange(d.num_samples) < 24) for c, d in scenario.clients.items() if c < 6}
-    model = scenario.task.build_model()
-    config = FederationConfig(rounds=rounds, batch_size=8, lr=0.1, seed=0)
-    return TrainedFederation(scenario.task, InProcessPool(scenario.task, clients, model), config,
-                             scenario.task.get_state(model), {}, TrainingHistory({}), CostCounter(), model)
+    return digits_setup(clients, rounds, num_clients=6)
 
 
-def equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+equal = states_equal
 
 
 def retained_setup(setup: TrainedFederation, request: ForgetRequest) -> TrainedFederation:
