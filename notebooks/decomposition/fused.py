@@ -55,6 +55,11 @@ from fedunlearn.unlearning.registry import get_method
 from fedunlearn.unlearning.scenarios import LM_SMOKE, build_scenario
 
 torch.set_num_threads(1)
+
+
+def yes(flag: bool) -> str:
+    """A check's outcome in words."""
+    return "yes" if flag else "no"
 entry = catalog.get("fused")
 claims = entry.claims
 results = Results("fused")
@@ -140,7 +145,7 @@ short = ", ".join(layer.replace("base_model.model.model.", "") for layer in lm_f
 display(Markdown(results.add("lm_layers", f"critical layers {short}: {100 * lm_fused['fraction']:.2f} % of the "
                              f"model's parameters (frozen base included), {100 * lm_fused['of_state']:.1f} % of "
                              f"the LoRA adapter; removing the adapter restores θ_o bit for bit: "
-                             f"{lm_fused['reversed']}")))
+                             f"{yes(lm_fused['reversed'])}")))
 
 # %% [markdown]
 # ## FUSED on digits
@@ -157,7 +162,7 @@ hidden = layer_sizes(dg_fused["run"].final_state)["0"] / model_parameters(dg_fus
 display(Markdown(results.add("digits_layers", f"critical layer(s) {', '.join(dg_fused['layers'])} (the head): "
                              f"{100 * dg_fused['fraction']:.2f} % of the MLP's parameters; each hidden layer "
                              f"holds {100 * hidden:.0f} % and does not fit the budget; removing the adapter "
-                             f"restores θ_o bit for bit: {dg_fused['reversed']} (seed 0)")))
+                             f"restores θ_o bit for bit: {yes(dg_fused['reversed'])} (seed 0)")))
 
 # %% [markdown]
 # ## Storage, up-front cost and unlearning cost
@@ -233,13 +238,13 @@ display(Markdown(results.claims("claims", [
      f"{cmp_digits.value('original', 'asr'):.3f} (every layer trainable: {cmp_digits.value(ablation_label, 'asr'):.3f}); "
      f"at ρ_steps {cmp.rho('fused'):.2f} (LM) and {cmp_digits.rho('fused'):.2f} (digits)",
      f"{verdict(len(lm_in) == len(FORGET_LM) and dg_asr)} (pass: forget metrics in the retrain band); utility in "
-     f"band: LM model utility {cmp.equivalent('fused', 'model_utility')}, digits test accuracy "
-     f"{cmp_digits.equivalent('fused', 'test_acc')}"),
+     f"band: LM model utility {yes(cmp.equivalent('fused', 'model_utility'))}, digits test accuracy "
+     f"{yes(cmp_digits.equivalent('fused', 'test_acc'))}"),
     (claims[1], f"{100 * lm_fused['fraction']:.2f} % (LM) and {100 * dg_fused['fraction']:.2f} % (digits) of the "
      f"model's parameters trainable; ρ_steps ≤ {MAX_RHO_STEPS}", verdict(budget_ok)
      + f" (pass: ≤ {100 * MAX_TRAINABLE:.0f} % and ≤ {MAX_RHO_STEPS}x retraining's client steps)"),
-    (claims[2], f"θ_u minus the adapter equals θ_o bit for bit: LM {lm_fused['reversed']}, digits "
-     f"{dg_fused['reversed']}", verdict(lm_fused["reversed"] and dg_fused["reversed"])),
+    (claims[2], f"θ_u minus the adapter equals θ_o bit for bit: LM {yes(lm_fused['reversed'])}, digits "
+     f"{yes(dg_fused['reversed'])}", verdict(lm_fused["reversed"] and dg_fused["reversed"])),
     (claims[3], f"{results.items['bitwise']}; utility cost {results.items['utility_gap']}", verdict(exact)),
 ])))
 
