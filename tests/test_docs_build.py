@@ -38,7 +38,9 @@ def mkdocs_build(site: Path) -> str:
         check=False,
     )
     log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-8000:]
+    # the cause (a notebook that failed, with its output) comes before the warnings it leads to
+    causes = [line for line in log.splitlines() if "ERROR" in line or "FAILED" in line or "Error" in line]
+    assert result.returncode == 0, "\n".join(causes[:40]) + "\n...\n" + log[-6000:]
     return log
 
 
