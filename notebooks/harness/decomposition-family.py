@@ -89,9 +89,9 @@ print("family methods:", ", ".join(members), "| baseline:", ", ".join(controls))
 
 def run_section(scenario):
     """The comparison of one section: its methods that serve the scenario, beside θ_o unchanged."""
-    serving = methods_serving(build_scenario(scenario, 0))
-    methods = [m for m in SECTIONS[scenario][2] if method_name(m) in serving]
-    size = LM_SIZE if build_scenario(scenario, 0).kind == "language" else {}
+    built = build_scenario(scenario, 0)
+    methods = [m for m in SECTIONS[scenario][2] if method_name(m) in methods_serving(built)]
+    size = LM_SIZE if built.kind == "language" else {}
     return compare(scenario, ["do-nothing", *methods], seeds=SEEDS, full=FULL, progress=False, **size)
 
 

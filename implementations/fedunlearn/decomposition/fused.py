@@ -54,7 +54,7 @@ from fedunlearn.federated.history import RoundRecord, TrainingHistory
 from fedunlearn.federated.loop import run_rounds
 from fedunlearn.federated.requests import ForgetRequest, ForgetRequestError
 from fedunlearn.federated.task import State
-from fedunlearn.federated.training import LocalPlan
+from fedunlearn.federated.training import LocalPlan, trained_parameters
 from fedunlearn.unlearning.base import TrainedFederation, UnlearningMethod, register_method
 
 #: Pass criteria (issue 12): FUSED trains at most this share of the model's parameters ...
@@ -312,8 +312,7 @@ class Fused(UnlearningMethod):
 
 def trainable_names(model: nn.Module, layers: Sequence[str]) -> list[str]:
     """The parameters ``LocalPlan(trainable=layers)`` trains (for reports and tests)."""
-    return [n for n, p in model.named_parameters() if p.requires_grad
-            and any(n == t or n.startswith(t + ".") for t in layers)]
+    return [name for name, _ in trained_parameters(model, tuple(layers))] if layers else []
 
 
 def storage_parameters(run: TrainedFederation) -> int:

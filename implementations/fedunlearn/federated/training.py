@@ -214,6 +214,13 @@ class LocalPlan:
                    states=dict(states or {}))
 
 
+def trained_parameters(model: nn.Module, trainable: tuple[str, ...] = ()) -> list[tuple[str, nn.Parameter]]:
+    """The ``(name, parameter)`` pairs a local plan trains: every parameter that requires grad, or only
+    those named by a prefix of ``trainable`` (the name itself or a dotted sub-name of it)."""
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad
+            and (not trainable or any(name == t or name.startswith(t + ".") for t in trainable))]
+
+
 def local_train(task: Task, model: nn.Module, start_state: Mapping[str, torch.Tensor],
                 tensors: Mapping[str, torch.Tensor], config: FederationConfig, steps: int, seed: int,
                 counter: CostCounter, *, objective: Objective | None = None,
@@ -245,8 +252,7 @@ def local_train(task: Task, model: nn.Module, start_state: Mapping[str, torch.Te
     columns = {**tensors, **objective.prepare(task, model, dict(tensors), states)}
     task.set_state(model, start_state)
     model.train()
-    params = [p for name, p in model.named_parameters() if p.requires_grad
-              and (not trainable or any(name == t or name.startswith(t + ".") for t in trainable))]
+    params = [p for _, p in trained_parameters(model, trainable)]
     if not params:
         raise ValueError(f"no trainable parameter matches {list(trainable)}")
     optimizer = OPTIMIZERS.get(config.optimizer)(params, lr=config.lr, momentum=config.momentum,
