@@ -225,12 +225,25 @@ def test_browser_explorer_filter_hides_rows_that_do_not_match(browser) -> None:
         f"{len(both)} of {len(everything)} methods shown")
 
 
-@pytest.mark.parametrize("page", ["notebooks/harness/perturbation-family/", "notebooks/harness/decomposition-family/"])
+@pytest.mark.parametrize("page", ["notebooks/harness/compare/", "notebooks/harness/perturbation-family/",
+                                  "notebooks/harness/decomposition-family/"])
 def test_browser_comparison_pages_show_their_plots(browser, page: str) -> None:
     browser.open(f"{browser.base}/{page}")
     sizes = browser.evaluate("Array.from(document.images).filter(i => i.closest('.jp-OutputArea'))"
                              ".map(i => i.complete ? i.naturalWidth : 0)")
     assert sizes and all(width > 100 for width in sizes)
+
+
+def test_browser_compare_page_tables_fit_and_group_their_columns(browser) -> None:
+    """Every grouped table of the Compare page fits the content column at 1280 px (no sideways
+    scrolling), has its three column groups, and no output shows stderr."""
+    browser.open(f"{browser.base}/notebooks/harness/compare/")
+    tables = browser.evaluate("Array.from(document.querySelectorAll('.fu-compare')).map(d => "
+                              "[d.scrollWidth, d.clientWidth, d.querySelectorAll('thead th[colspan]').length])")
+    assert len(tables) >= 8
+    assert all(scroll <= client + 1 and groups == 3 for scroll, client, groups in tables), tables
+    assert browser.evaluate("document.querySelectorAll('[data-mime-type=\"application/vnd.jupyter.stderr\"]')"
+                            ".length") == 0
 
 
 def test_browser_saw_no_console_error_and_no_request_off_the_machine(browser) -> None:

@@ -269,11 +269,17 @@ def _notebook_entry(page: Page) -> catalog.Entry | None:
     return _entry_by_slug().get(Path(uri).stem)
 
 
+#: Notebook pages whose tables need the width of the table of contents (hidden there).
+WIDE_NOTEBOOKS = ("notebooks/harness/compare.ipynb",)
+
+
 def on_page_content(html_text: str, page: Page, config: MkDocsConfig, files: Files) -> str:
     """On notebook pages: drop CDN scripts, link back to the entry, append the cite block."""
     uri = page.file.src_uri
     if not (uri.startswith("notebooks/") and uri.endswith(".ipynb")):
         return html_text
+    if uri in WIDE_NOTEBOOKS:
+        page.meta["hide"] = [*page.meta.get("hide", []), "toc"]
     for pattern in _CDN_BLOCKS:
         html_text = pattern.sub("", html_text)
     source = uri[: -len(".ipynb")] + ".py"

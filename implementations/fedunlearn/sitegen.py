@@ -100,8 +100,8 @@ def notebook_download(source: str) -> str:
     return f"{stem}/{posixpath.basename(source)}"
 
 
-#: The executed page that compares every registered method (the Benchmark page).
-BENCHMARK_NOTEBOOK = notebook_page("notebooks/harness/benchmark.py")
+#: The executed page that compares every registered method on every scenario it serves.
+COMPARE_NOTEBOOK = notebook_page("notebooks/harness/compare.py")
 
 
 def family_notebook(family: str) -> str:
@@ -235,7 +235,7 @@ def taxonomy_markdown(entries: list[Entry], existing: Collection[str]) -> str:
                 "",
             ]
         elif any(e.methods for e in members):
-            comparison = link("Benchmark", BENCHMARK_NOTEBOOK, page, existing)
+            comparison = link("Compare", COMPARE_NOTEBOOK, page, existing)
             lines += [
                 f"The methods of this family are compared side by side against the retrain oracle "
                 f"on the {comparison} page (table and Pareto plot computed when the site is built).",

@@ -14,6 +14,7 @@ for the exact canary exposure over all $10^d$ candidates (Carlini et al. 2019).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -130,14 +131,22 @@ def digit_tokens(tokenizer) -> list[int] | None:
     return ids
 
 
+#: Longest secret scored in one tree-masked pass (its $\sum_{i=1}^{d-1} 10^i$ prefixes attend to
+#: each other through an $N \times N$ mask); longer secrets are scored sequence by sequence.
+TREE_DIGITS = 4
+
+
 @torch.no_grad()
 def secret_logprobs(model: nn.Module, tokenizer, prompt: str, digits: int) -> torch.Tensor:
     r"""$\log p(s \mid \text{prompt})$ for every $d$-digit secret $s$, index = the secret's value.
 
-    With a digit-by-digit tokenizer the prompt runs once and the secrets grow one digit per level:
-    level $i$ feeds the $10^i$ prefixes of $i$ digits, each a single new token on the key-value
-    cache of its parent prefix, so scoring all $10^d$ secrets costs $\sum_{i<d} 10^i$ token
-    positions. Other tokenizers score every candidate as its own sequence (same result, slower).
+    With a digit-by-digit tokenizer the prompt runs once, then every proper prefix of every secret
+    (the $10 + 100 + \dots + 10^{d-1}$ digit strings of 1 to $d-1$ digits) runs in **one** pass on
+    the prompt's key-value cache, as a tree: each prefix is one token that attends to the prompt
+    and to its own ancestors only (a 4-D attention mask), at position $|\text{prompt}| + i - 1$
+    for a prefix of $i$ digits. Its logits give the next digit's distribution, so the pass yields
+    every factor $p(s_{i+1} \mid \text{prompt}, s_{\le i})$. Other tokenizers, and secrets longer
+    than ``TREE_DIGITS``, score every candidate as its own sequence (same result, slower).
 
     Returns:
         A tensor of $10^d$ log-probabilities (the end token after the secret is not included: all
@@ -147,22 +156,35 @@ def secret_logprobs(model: nn.Module, tokenizer, prompt: str, digits: int) -> to
     device = model_device(model)
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     table = digit_tokens(tokenizer)
-    if table is None:
+    if table is None or digits > TREE_DIGITS:
         return _secret_logprobs_by_sequence(model, tokenizer, ids, digits, 1000)
-    digit_ids = torch.tensor(table, device=device)
     result = model(input_ids=torch.tensor([ids], device=device), use_cache=True)
-    scores = torch.zeros(1)  # log-probability of each prefix so far, prefixes in numeric order
-    for level in range(digits):
-        step = torch.log_softmax(result.logits[:, -1].float(), -1)[:, table].cpu()  # [10^level, 10]
-        scores = (scores[:, None] + step).reshape(-1)  # prefix p followed by digit v -> index 10 p + v
-        if level + 1 == digits:
-            break
-        cache = result.cache
-        cache.batch_repeat_interleave(10)  # each prefix's cache, once per next digit
-        tokens = digit_ids.repeat(10**level)[:, None]
-        positions = torch.full((len(tokens), 1), len(ids) + level, device=device)
-        result = model(input_ids=tokens, cache=cache, position_ids=positions, use_cache=True)
+    scores = torch.log_softmax(result.logits[0, -1].float(), -1)[table].cpu()  # first digit, value order
+    if digits == 1:
+        return scores
+    level, value, family = _prefix_tree(digits)
+    # every prefix sees the whole prompt; additive mask (0 = attend), as the model's dtype
+    mask = torch.cat([torch.zeros(len(level), len(ids)), family], dim=1).to(next(model.parameters()).dtype)
+    tokens = torch.tensor(table)[value % 10]
+    out = model(input_ids=tokens[None].to(device), attention_mask=mask[None, None].to(device),
+                position_ids=(len(ids) + level - 1)[None].to(device), cache=result.cache, use_cache=True)
+    step = torch.log_softmax(out.logits[0].float(), -1)[:, table].cpu()  # [prefixes, next digit]
+    for i in range(1, digits):  # prefix p of i digits followed by digit v -> index 10 p + v
+        scores = (scores[:, None] + step[level == i]).reshape(-1)
     return scores
+
+
+@functools.cache
+def _prefix_tree(digits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The proper prefixes of ``digits``-digit secrets (1 .. d-1 digits, level by level, each level
+    in numeric order): their lengths, their values, and the additive attention mask among them
+    (0 where prefix b may see prefix a: a is b or one of its ancestors; -inf elsewhere)."""
+    level = torch.cat([torch.full((10**i,), i) for i in range(1, digits)])
+    value = torch.cat([torch.arange(10**i) for i in range(1, digits)])
+    # a is b or an ancestor of b iff it is no longer and b's leading digits equal it
+    shift = (level[:, None] - level[None, :]).clamp(min=0)
+    sees = (level[None, :] <= level[:, None]) & (value[:, None] // 10**shift == value[None, :])
+    return level, value, torch.zeros(sees.shape).masked_fill(~sees, float("-inf"))
 
 
 def _secret_logprobs_by_sequence(model: nn.Module, tokenizer, prompt_ids: list[int], digits: int,

@@ -16,6 +16,7 @@ tokenizer instead; everything downstream (LoRA, federated loop, evaluation) is t
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -150,6 +151,18 @@ def answer_token_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> t
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's parameters."""
     return next(model.parameters()).device
+
+
+def merged_for_inference(model: nn.Module) -> nn.Module:
+    r"""A copy of a LoRA-wrapped model with its adapters folded into the base weights,
+    $W' = W + \frac{\alpha}{r} B A$, for evaluation only: one matrix product per layer instead of
+    three, so the same metrics cost about a third less (float rounding aside, the same function).
+    The model passed in is not changed; a model without adapters is returned as it is."""
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    merged = copy.deepcopy(model).merge_and_unload()
+    merged.eval()
+    return merged
 
 
 def answer_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:

@@ -1,1 +1,1 @@
-"""The unlearning harness: forget requests, retrain oracle, controls, evaluation, benchmark."""
+"""The unlearning harness: forget requests, retrain oracle, controls, evaluation, comparison, reports."""

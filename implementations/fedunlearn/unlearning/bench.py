@@ -46,30 +46,114 @@ def _save(fig, path: str | Path, **options) -> Path:
     return path
 
 
-def pareto_plot(result: Comparison, path: str | Path, metric: str | None = None) -> Path:
-    """Scatter of ρ_steps against |gap to retrain| of one metric (default: the scenario's first
-    informative forgetting metric), one point per method (median over seeds)."""
+#: Marker of each row group in the Pareto plot (colour tells methods apart, shape their family).
+FAMILY_MARKERS = {"controls": "o", "perturbation": "^", "decomposition": "s", "incremental": "D"}
+
+
+def _default_metric(result: Comparison) -> str:
+    agg = result.aggregate
+    preferred = ["asr", "forget_quality", "forget_acc", "forget_logprob", "mia_auc", "mia_auc_loss", "test_acc",
+                 "test_logprob"]
+    informative = [m for m in preferred if agg["informative"].get(m)]
+    return (informative or [m for m in preferred if m in agg["oracle"]])[0]
+
+
+def _abs_range(values: dict) -> tuple[float, float, float]:
+    """|median|, and the lowest and highest |value| over seeds (0 when the range crosses 0)."""
+    low, high = values["min"], values["max"]
+    return abs(values["median"]), (0.0 if low < 0 < high else min(abs(low), abs(high))), max(abs(low), abs(high))
+
+
+#: Offsets (points) tried in turn for a point's number label, nearest first.
+_LABEL_OFFSETS = [(dx, dy) for r in (1, 2, 3, 4) for dx, dy in
+                  ((5 * r, 3), (5 * r, -9), (-5 * r - 6, 3), (-5 * r - 6, -9), (0, 6 * r + 3), (0, -6 * r - 9))]
+
+
+def _number_points(ax, points: list[tuple[float, float, str]]) -> None:
+    """Write each point's label beside it, at the first offset whose box lies inside the axes and
+    overlaps no label placed before (greedy, in display coordinates; the least-overlapping offset
+    when none is free)."""
+    fig = ax.figure
+    fig.canvas.draw()
+    scale = fig.dpi / 72
+    frame = ax.get_window_extent()
+    placed: list[tuple[float, float, float, float]] = []
+
+    def overlap(a, b) -> float:
+        return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+    for x, y, text in points:
+        px, py = ax.transData.transform((x, y))
+        width, height = (5.5 * len(text) + 1) * scale, 9 * scale
+        boxes = [(px + dx * scale, py + dy * scale, px + dx * scale + width, py + dy * scale + height)
+                 for dx, dy in _LABEL_OFFSETS]
+        inside = [frame.x0 <= b[0] and b[2] <= frame.x1 and frame.y0 <= b[1] and b[3] <= frame.y1 for b in boxes]
+        costs = [sum(overlap(box, other) for other in placed) + (0 if ok else width * height)
+                 for box, ok in zip(boxes, inside)]
+        best = costs.index(min(costs))
+        placed.append(boxes[best])
+        dx, dy = _LABEL_OFFSETS[best]
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7.5,
+                    color="#222222")
+
+
+def pareto_plot(result: Comparison, path: str | Path, metric: str | None = None, utility: str | None = None,
+                title: str | None = None) -> Path:
+    r"""Cost against distance to retraining, one point per method: $\rho_\text{steps}$ on a
+    symmetric-log axis (0 = no client work) against $|$gap to $\theta_r|$ of a forgetting metric
+    (default: the scenario's first informative one) and, given ``utility``, against that metric's
+    gap in a second panel. Points are medians over seeds, with bars from the lowest to the highest
+    seed when several ran; the dashed lines are the retrain band. Each point carries a number that
+    the legend resolves (colour, and marker by family, too), placed where it overlaps no other
+    number, so that methods sharing a corner, or a point, stay readable."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from fedunlearn.unlearning.report import family_of
+
     agg = result.aggregate
-    if metric is None:
-        preferred = ["asr", "forget_acc", "forget_logprob", "mia_auc", "mia_auc_loss", "test_acc", "test_logprob"]
-        informative = [m for m in preferred if agg["informative"].get(m)]
-        metric = (informative or [m for m in preferred if m in agg["oracle"]])[0]
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for label in result.methods:
-        x, y = result.rho(label), abs(result.gap(label, metric))
-        ax.scatter([x], [y], s=40)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.axhline(agg["band"][metric], color="grey", linestyle="--", linewidth=1, label="retrain band")
-    ax.set_xlabel("ρ_steps (client steps / retraining's)")
-    ax.set_ylabel(f"|{metric} − {metric}(θ_r)|")
-    ax.set_title(f"{result.scenario}: cost vs distance to retraining")
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
+    metric = metric or _default_metric(result)
+    panels = [metric] + ([utility] if utility else [])
+    labels = [label for label in result.methods if all(m in agg["methods"][label]["gaps"] for m in panels)]
+    legend_rows = -(-len(labels) // 3)
+    height = 3.4 + 0.2 * legend_rows
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 0.6, height), squeeze=False)
+    colours = plt.get_cmap("tab20").colors
+    numbered = {ax: [] for ax in axes[0]}
+    for ax, m in zip(axes[0], panels):
+        signed = m == utility
+        for k, label in enumerate(labels):
+            row = agg["methods"][label]
+            rho = row["rho_steps"]
+            if signed:
+                y, low, high = row["gaps"][m]["median"], row["gaps"][m]["min"], row["gaps"][m]["max"]
+            else:
+                y, low, high = _abs_range(row["gaps"][m])
+            ax.errorbar([rho["median"]], [y], xerr=[[rho["median"] - rho["min"]], [rho["max"] - rho["median"]]],
+                        yerr=[[y - low], [high - y]], fmt=FAMILY_MARKERS.get(family_of(label), "o"),
+                        color=colours[k % len(colours)], markersize=7, markeredgecolor="black",
+                        markeredgewidth=0.5, elinewidth=0.8, capsize=2, alpha=0.9,
+                        label=f"{k + 1} {label}" + (" †" if "own_oracle" in row else ""))
+            numbered[ax].append((rho["median"], y, str(k + 1)))
+        band = agg["band"][m]
+        ax.axhline(band, color="grey", linestyle="--", linewidth=1)
+        if signed:
+            ax.axhline(-band, color="grey", linestyle="--", linewidth=1)
+            ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_xscale("symlog", linthresh=0.01)
+        # room for the numbers of methods at ρ = 0 and at retraining's cost
+        ax.set_xlim(-0.004, 1.8 * max([1.0, *(agg["methods"][label]["rho_steps"]["max"] for label in labels)]))
+        ax.set_xlabel("ρ_steps (client steps ÷ retraining's; symmetric log)", fontsize=9)
+        ax.set_ylabel(f"{m} − θ_r" if signed else f"|{m} − θ_r|", fontsize=9)
+        ax.grid(True, linewidth=0.3, alpha=0.5)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(title or f"{result.scenario}: cost vs distance to retraining (dashed: retrain band)", fontsize=10)
+    fig.tight_layout(rect=(0, (0.19 * legend_rows + 0.1) / height, 1, 1))
+    for ax, points in numbered.items():
+        _number_points(ax, points)
     return _save(fig, path)
 
 

@@ -300,17 +300,17 @@ def evaluation(scenario: Scenario, state: State, model: nn.Module) -> Evaluation
                 "source": source_digest(*EVALUATION_SOURCES), "torch": torch.__version__}
     key = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:24]
     file = _root().parent / "evaluations" / f"{key}.json"
-    try:
-        cached = json.loads(file.read_text())
-        if cached.get("material") == json.loads(json.dumps(material, default=str)):
-            return Evaluation(dict(cached["metrics"]), {k: list(v) for k, v in cached["items"].items()})
-    except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError):
-        pass
-    result = assess(scenario, state, model)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(file, json.dumps({"material": material, "metrics": result.metrics, "items": result.items},
-                                   default=str).encode())
-    return result
+    with file_lock(file):  # pages that evaluate the same state at once: the second waits and reads
+        try:
+            cached = json.loads(file.read_text())
+            if cached.get("material") == json.loads(json.dumps(material, default=str)):
+                return Evaluation(dict(cached["metrics"]), {k: list(v) for k, v in cached["items"].items()})
+        except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError):
+            pass
+        result = assess(scenario, state, model)
+        _write_atomic(file, json.dumps({"material": material, "metrics": result.metrics, "items": result.items},
+                                       default=str).encode())
+        return result
 
 
 def clear(predicate: Callable[[dict], bool] | None = None) -> int:

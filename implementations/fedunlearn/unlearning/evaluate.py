@@ -40,6 +40,7 @@ from fedunlearn.models.decoding import (
     secret_logprobs,
     teacher_forced,
 )
+from fedunlearn.models.tiny_lm import merged_for_inference
 from fedunlearn.unlearning import metrics
 from fedunlearn.unlearning.scenarios import Scenario
 
@@ -283,7 +284,7 @@ def assess(scenario: Scenario, state: State, model: nn.Module | None = None) -> 
     retain, forget = _concat(retained), _concat(forgotten)
     if scenario.kind == "classification":
         return _classification(model, scenario, retain, forget)
-    return _language(model, scenario, retain, forget)
+    return _language(merged_for_inference(model), scenario, retain, forget)
 
 
 def evaluate(scenario: Scenario, state: State, model: nn.Module | None = None) -> dict[str, float]:
