@@ -84,7 +84,6 @@ def show(result, forgetting, utility, plot_metric=None, plot_utility=None):
 
 def run(scenario_name, seeds=DIGITS_SEEDS, lm=False):
     methods = serving(scenario_name)
-    print(f"{len(methods)} methods:", ", ".join(methods))
     return compare(scenario_name, methods, seeds=LM_SEEDS if lm else seeds, full=FULL, progress=False,
                    **(LM_SIZE if lm else {}))
 
@@ -98,7 +97,7 @@ def run(scenario_name, seeds=DIGITS_SEEDS, lm=False):
 
 # %% tags=["hide-input"]
 backdoor = run("digits-backdoor", BACKDOOR_SEEDS)
-show(backdoor, ("asr", "trigger_margin", "mia_auc", "forget_quality"), DIGITS_UTILITY, "asr", "test_acc")
+show(backdoor, ("asr", "forget_acc", "mia_auc", "forget_quality"), DIGITS_UTILITY, "asr", "test_acc")
 
 # %% [markdown]
 # ## Forget a client whose data the model memorised (digits-client)
@@ -138,14 +137,17 @@ show(records, ("forget_acc", "forget_loss", "mia_auc", "forget_quality"), ("test
 # ## Methods that need their own model
 #
 # Two entries change the model itself, so they run on a variant of `digits-class` built for them,
-# beside the controls on the same variant: class-discriminative pruning on a small CNN
+# beside the harness's controls on the same variant: class-discriminative pruning on a small CNN
 # (`digits-class-cnn`), FedAU on a network with an auxiliary linear head (`digits-class-aux`).
+# Methods already shown on `digits-class` are not repeated here.
 
 # %% tags=["hide-input"]
+shown_above = {label for result in (backdoor, client, klass, records) for label in result.methods}
 own_model = []
 for name in ("digits-class-cnn", "digits-class-aux"):
     display(Markdown(f"**{name}**"))
-    own_model.append(run(name))
+    methods = [m for m in serving(name) if m in CONTROLS or m not in shown_above]
+    own_model.append(compare(name, methods, seeds=DIGITS_SEEDS, full=FULL, progress=False))
     show(own_model[-1], ("forget_acc", "forget_loss", "mia_auc"), DIGITS_UTILITY)
 
 # %% [markdown]
@@ -195,9 +197,9 @@ show(person, LM_FORGETTING, LM_UTILITY, "canary_exposure", "model_utility")
 # %% tags=["hide-input"]
 family_controls = [name for names in catalog.family_controls().values() for name in names]
 sequence_methods = [m for m in serving("profiles-sequential") if FULL or m in (*CONTROLS, *family_controls)]
-print(f"{len(sequence_methods)} methods:", ", ".join(sequence_methods))
 if not FULL:
-    print("with FULL=1 also:", ", ".join(m for m in serving("profiles-sequential") if m not in sequence_methods))
+    waiting = [m for m in serving("profiles-sequential") if m not in sequence_methods]
+    display(Markdown(f"Run here: {', '.join(sequence_methods)}. With `FULL=1` also: {', '.join(waiting)}."))
 steps = compare_sequential("profiles-sequential", sequence_methods, seeds=LM_SEEDS, full=FULL, progress=False,
                            requests=0 if FULL else 2, noise_floor=FULL, **LM_SIZE)
 show(steps[-1], LM_FORGETTING, LM_UTILITY, "canary_exposure", "model_utility")

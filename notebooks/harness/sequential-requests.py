@@ -20,9 +20,10 @@
 # [Evaluating unlearning](../../evaluating.md#language-model-metrics) for every metric). Smoke size:
 # one seed, the first 6 rounds of federated training, the first two requests, the two controls;
 # `FULL=1` runs three seeds, the scenario's 15 rounds, all four requests and every method that
-# serves client requests.
+# serves client requests. The [Compare](compare.ipynb) page puts the last request's results beside
+# every other scenario's, with the families' controls too.
 
-# %%
+# %% tags=["hide-input"]
 import os
 import tempfile
 from pathlib import Path
@@ -60,7 +61,7 @@ def methods_for(scenario_name):
 # methods that subtract from or measure against θ_o start from θ_o with the cumulative request. The
 # panels follow the main metrics per request, θ_r dashed.
 
-# %%
+# %% tags=["hide-input"]
 sequence_methods = [m for m in methods_for("profiles-sequential") if FULL or m in SEQUENCE_SMOKE]
 steps = compare_sequential("profiles-sequential", sequence_methods, seeds=SEEDS, full=FULL, progress=False,
                            requests=REQUESTS, noise_floor=FULL, **({} if FULL else LM_SMOKE))

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
+from transformers import StaticCache
 
 from fedunlearn.models.tiny_lm import model_device, trim_padding
 
@@ -29,8 +30,8 @@ def greedy_continuations(model: nn.Module, prefixes: Sequence[Sequence[int]], le
     """Greedy continuation of each prefix: ``lengths[i]`` new tokens after ``prefixes[i]``.
 
     Decoding does not stop at the end token (callers cut where they need). Prefixes are batched
-    with left padding, explicit position ids and a key-value cache; the result equals decoding
-    each prefix alone (tested).
+    with left padding, explicit position ids and a preallocated key-value cache; the result equals
+    decoding each prefix alone (tested).
 
     Args:
         model: A causal LM (transformers interface, also through peft).
@@ -55,8 +56,12 @@ def greedy_continuations(model: nn.Module, prefixes: Sequence[Sequence[int]], le
             mask[row, width - len(prefixes[i]):] = 1
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        result = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         steps = max(lengths[i] for i in rows)
+        # keys and values written in place (a growing cache would copy itself at every step); a
+        # model without a transformers config brings its own cache
+        static = ({"cache": StaticCache(config=model.config, max_cache_len=width + steps)}
+                  if hasattr(model, "config") else {})
+        result = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **static)
         tokens = []
         for step in range(steps):
             token = result.logits[:, -1].argmax(-1)

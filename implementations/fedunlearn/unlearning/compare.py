@@ -36,7 +36,7 @@ from fedunlearn.unlearning.base import (
     run_method,
 )
 from fedunlearn.unlearning.controls import Retrain
-from fedunlearn.unlearning.evaluate import evaluate, gaps_to_oracle, relative_to_oracle
+from fedunlearn.unlearning.evaluate import gaps_to_oracle, relative_to_oracle
 from fedunlearn.unlearning.registry import MethodSettingError, get_method
 from fedunlearn.unlearning.scenarios import SCENARIOS, build_scenario
 
@@ -424,7 +424,7 @@ def _seed_row(sc, instances: list[UnlearningMethod], timing: bool, bar,
             referee_cost = retrained.cost
             values = {**evaluation.metrics, **relative_to_oracle(evaluation, own_evaluation)}
             own = {"own_oracle": referee, "own_oracle_cost": referee_cost.as_dict(),
-                   "trained_metrics": evaluate(sc, run.final_state, run.model),
+                   "trained_metrics": cache.evaluation(sc, run.final_state, run.model).metrics,
                    "training_cost": run.cost.as_dict(),  # its training phase, beside FedAvg's θ_o
                    "extras_storage_models": sum(state_bytes(x) for x in run.extras.values()) / model_bytes}
         else:

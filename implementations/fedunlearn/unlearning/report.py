@@ -126,5 +126,6 @@ def grouped_table(result: Comparison, forgetting: Sequence[str], utility: Sequen
     if own:
         caption += (" † trains its own kind of model: judged against that model retrained without the forgotten "
                     "data (band = the tolerance), ρ against that retraining.")
-    return (f'<div class="fu-compare"><table><thead>{"".join(head)}</thead><tbody>{"".join(body)}</tbody></table>'
+    # a class on the table: the theme's and the notebook renderer's rules for plain tables do not apply
+    return (f'<div class="fu-compare"><table class="fu-table"><thead>{"".join(head)}</thead><tbody>{"".join(body)}</tbody></table>'
             f"<p class=\"fu-caption\">{caption}</p></div>")
