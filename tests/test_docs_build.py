@@ -252,6 +252,15 @@ def test_browser_comparison_pages_show_their_plots(browser, page: str) -> None:
     assert sizes and all(width > 100 for width in sizes)
 
 
+def test_browser_explorer_table_fits_the_page(browser) -> None:
+    """At 1280 px the explorer's table (ten facet columns) needs no sideways scrolling."""
+    browser.open(f"{browser.base}/taxonomy/")
+    table, room = browser.evaluate("(() => { const t = document.querySelector('.fu-explorer table'); "
+                                   "const w = t.closest('.md-typeset__scrollwrap') || t.parentElement; "
+                                   "return [Math.ceil(t.getBoundingClientRect().width), w.clientWidth]; })()")
+    assert table <= room
+
+
 def test_browser_compare_page_tables_fit_and_group_their_columns(browser) -> None:
     """Every grouped table of the Compare page fits the content column at 1280 px (no sideways
     scrolling), has its three column groups, and no output shows stderr."""

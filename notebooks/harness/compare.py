@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # Compare: every method on every scenario it serves
+# # Compare: every method, every scenario
 #
 # Every method the catalog registers, on every scenario whose request it can serve, each judged
 # against the model retrained from scratch **of the same seed** ($\theta_r$). The page is computed
