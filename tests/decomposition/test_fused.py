@@ -103,9 +103,6 @@ def toy(clients: dict | None = None, rounds: int = 3) -> TrainedFederation:
     return digits_setup(clients, rounds, num_clients=4)
 
 
-equal = states_equal
-
-
 def test_deleting_a_clients_adapter_equals_training_without_it_bit_for_bit() -> None:
     """Exact: the re-averaged adapters equal per-client adapters trained without client 2. Control: keeping the
     deleted client's adapter (averaging all four) is not the oracle."""
@@ -115,10 +112,10 @@ def test_deleting_a_clients_adapter_equals_training_without_it_bit_for_bit() -> 
     request = ForgetRequest.forget_clients(2)
     result = run_method(method, run, request)
     oracle = method.train_federation(toy(split_clients(setup.pool.clients, request)[0]))
-    assert equal(result.state, oracle.final_state)
+    assert states_equal(result.state, oracle.final_state)
     assert result.cost.client_steps == 0 and oracle.cost.client_steps == 3 * 3 * 3  # rounds x clients x 24/8
     assert run.cost.client_steps == 3 * 4 * 3  # the same local steps as FedAvg with every client every round
-    assert not equal(run.final_state, oracle.final_state)
+    assert not states_equal(run.final_state, oracle.final_state)
 
 
 def test_per_client_adapters_are_each_clients_own_training_and_the_mean_by_hand() -> None:
@@ -127,10 +124,10 @@ def test_per_client_adapters_are_each_clients_own_training_and_the_mean_by_hand(
     adapters = client_adapters(run.extras)
     alone = train_federation(setup.task, InProcessPool(setup.task, {1: setup.pool.clients[1]}, setup.model),
                              setup.config, setup.init_state)
-    assert equal(adapters[1], alone.final_state)  # client 1 trained alone from w_0
+    assert states_equal(adapters[1], alone.final_state)  # client 1 trained alone from w_0
     by_hand = {k: sum(adapters[c][k] for c in range(4)) / 4 for k in adapters[0]}
     assert all(torch.allclose(run.final_state[k], by_hand[k]) for k in by_hand)
-    assert equal(mean_adapter(adapters), run.final_state)
+    assert states_equal(mean_adapter(adapters), run.final_state)
 
 
 def test_deleting_an_adapter_that_does_not_exist_names_it_and_changes_nothing() -> None:
@@ -147,7 +144,7 @@ def test_deleting_an_adapter_that_does_not_exist_names_it_and_changes_nothing() 
                                                                         if not k.startswith("3.")}})
     with pytest.raises(ForgetRequestError, match=r"no adapter for client\(s\) \[3\]"):
         method.unlearn(partial, ForgetRequest.forget_clients(3), CostCounter())
-    assert equal(run.extras[ADAPTERS], stored)
+    assert states_equal(run.extras[ADAPTERS], stored)
     with pytest.raises(ValueError, match="no adapter left"):
         mean_adapter({})
 
@@ -169,7 +166,7 @@ def test_fused_trains_only_the_critical_layers_and_removing_the_adapter_restores
     assert changed == {"4.weight", "4.bias"}
     adapter = adapter_of(result.state, run.final_state)
     assert set(adapter) == changed and all(v.dtype == torch.float64 for v in adapter.values())
-    assert equal(remove_adapter(result.state, adapter), run.final_state)  # reversal, bit for bit
+    assert states_equal(remove_adapter(result.state, adapter), run.final_state)  # reversal, bit for bit
     # cost: one round (floor(0.25 * 3) -> 1) of the three retained clients, 3 steps each
     assert result.cost.client_steps == 1 * 3 * 3
 
@@ -223,8 +220,8 @@ def test_reproduced_claim_per_client_deletion_bit_for_bit() -> None:
     own = cache.trained_federation(replace(scenario, clients=split_clients(scenario.clients, scenario.request)[0]),
                                    method=method)
     unlearned = cache.unlearned(scenario, run, method, scenario.request).state
-    assert equal(unlearned, own.final_state)
-    assert not equal(run.final_state, own.final_state)
+    assert states_equal(unlearned, own.final_state)
+    assert not states_equal(run.final_state, own.final_state)
 
 
 @pytest.mark.slow
@@ -251,8 +248,8 @@ def test_reproduced_claim_fused_reversal_on_the_runs() -> None:
     for scenario in (build_scenario("profiles-client", 0).restricted(**LM_SMOKE), build_scenario("digits-backdoor", 0)):
         run = cache.trained_federation(scenario, 1)
         state = cache.unlearned(scenario, run, get_method("fused"), scenario.request).state
-        assert not equal(state, run.final_state)
-        assert equal(remove_adapter(state, adapter_of(state, run.final_state)), run.final_state)
+        assert not states_equal(state, run.final_state)
+        assert states_equal(remove_adapter(state, adapter_of(state, run.final_state)), run.final_state)
 
 
 @pytest.mark.slow

@@ -90,9 +90,6 @@ def toy(clients: dict | None = None, rounds: int = 3) -> TrainedFederation:
     return digits_setup(clients, rounds, num_clients=6)
 
 
-equal = states_equal
-
-
 def retained_setup(setup: TrainedFederation, request: ForgetRequest) -> TrainedFederation:
     return toy(split_clients(setup.pool.clients, request)[0], setup.config.rounds)
 
@@ -115,16 +112,16 @@ def test_retrained_cluster_equals_clusters_trained_without_the_client_bit_for_bi
     request = ForgetRequest.forget_clients(forgotten)
     result = run_method(method, run, request)
     oracle = method.train_federation(retained_setup(setup, request))
-    assert equal(result.state, oracle.final_state)
+    assert states_equal(result.state, oracle.final_state)
     # the other cluster's stored state is θ_o's, untouched; only the affected cluster's 2 remaining clients train
     other = 1 - cluster_of(forgotten, 2)
-    assert equal(shard_checkpoint(run.extras, other, 0, run.init_state),
+    assert states_equal(shard_checkpoint(run.extras, other, 0, run.init_state),
                  shard_checkpoint(oracle.extras, other, 0, oracle.init_state))
     assert result.cost.client_steps == 3 * 2 * 3  # 3 rounds, 2 clients, 24/8 = 3 steps
     # the trajectory the clock observes ends where unlearning ends
     trajectory = method.retraining_trajectory(run, request, cluster_of(forgotten, 2))
-    assert len(trajectory) == 4 and equal(trajectory[0], run.init_state)
-    assert equal(trajectory[-1], shard_checkpoint(oracle.extras, cluster_of(forgotten, 2), 0, oracle.init_state))
+    assert len(trajectory) == 4 and states_equal(trajectory[0], run.init_state)
+    assert states_equal(trajectory[-1], shard_checkpoint(oracle.extras, cluster_of(forgotten, 2), 0, oracle.init_state))
 
 
 def test_a_step_that_skips_the_retraining_is_not_exact() -> None:
@@ -139,7 +136,7 @@ def test_a_step_that_skips_the_retraining_is_not_exact() -> None:
     setup = toy()
     request = ForgetRequest.forget_clients(0)
     result = run_method(method, method.train_federation(setup), request)
-    assert not equal(result.state, method.train_federation(retained_setup(setup, request)).final_state)
+    assert not states_equal(result.state, method.train_federation(retained_setup(setup, request)).final_state)
 
 
 def test_a_cluster_left_without_clients_stops_voting() -> None:
@@ -225,7 +222,7 @@ def test_reproduced_claim_exact_within_the_cluster(digits) -> None:
     run = cache.trained_federation(scenario, method=method)
     own = cache.trained_federation(replace(scenario, clients=split_clients(scenario.clients, scenario.request)[0]),
                                    method=method)
-    assert equal(cache.unlearned(scenario, run, method, scenario.request).state, own.final_state)
+    assert states_equal(cache.unlearned(scenario, run, method, scenario.request).state, own.final_state)
 
 
 class EveryCluster(Knot):

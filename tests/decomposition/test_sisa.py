@@ -101,9 +101,6 @@ def toy(clients: dict | None = None, rounds: int = 4) -> TrainedFederation:
     return digits_setup(clients, rounds, num_clients=6)
 
 
-equal = states_equal
-
-
 def retained_setup(setup: TrainedFederation, request: ForgetRequest) -> TrainedFederation:
     return toy(split_clients(setup.pool.clients, request)[0], setup.config.rounds)
 
@@ -116,10 +113,10 @@ def test_retrained_shard_equals_a_shard_trained_without_the_client_bit_for_bit(f
     request = ForgetRequest.forget_clients(forgotten)
     result = run_method(method, run, request)
     oracle = method.train_federation(retained_setup(setup, request))
-    assert equal(result.state, oracle.final_state)
+    assert states_equal(result.state, oracle.final_state)
     # the other shard is θ_o's, untouched
     other = 1 - shard_of(forgotten, 2)
-    assert equal({k: v for k, v in result.state.items() if k.startswith(f"shards.{other}.")},
+    assert states_equal({k: v for k, v in result.state.items() if k.startswith(f"shards.{other}.")},
                  {k: v for k, v in run.final_state.items() if k.startswith(f"shards.{other}.")})
     # cost: only the affected shard's slices from the forgotten client's on (4 rounds -> slices of 2 and 3 rounds)
     slices = slice_rounds(4, 2)
@@ -144,7 +141,7 @@ def test_a_step_that_skips_the_retraining_is_not_exact() -> None:
     run = method.train_federation(setup)
     request = ForgetRequest.forget_clients(4)
     oracle = method.train_federation(retained_setup(setup, request))
-    assert not equal(run_method(method, run, request).state, oracle.final_state)
+    assert not states_equal(run_method(method, run, request).state, oracle.final_state)
 
 
 def test_record_requests_retrain_from_the_owners_slice_exactly() -> None:
@@ -155,7 +152,7 @@ def test_record_requests_retrain_from_the_owners_slice_exactly() -> None:
     request = ForgetRequest.forget_records(ids)
     assert method.restarts(run, request) == {0: 1, 1: 0}
     result = run_method(method, run, request)
-    assert equal(result.state, method.train_federation(retained_setup(setup, request)).final_state)
+    assert states_equal(result.state, method.train_federation(retained_setup(setup, request)).final_state)
 
 
 def test_a_shard_left_without_clients_stops_voting_and_checkpoints_are_kept() -> None:
@@ -163,7 +160,7 @@ def test_a_shard_left_without_clients_stops_voting_and_checkpoints_are_kept() ->
     run = method.train_federation(toy())
     assert set(run.extras) == {CHECKPOINTS}
     assert len(run.extras[CHECKPOINTS]) == 4 * len(run.init_state)  # one checkpoint (the final) per shard
-    assert equal(shard_checkpoint(run.extras, 2, 0, run.init_state),
+    assert states_equal(shard_checkpoint(run.extras, 2, 0, run.init_state),
                  {k[len("shards.2."):]: v for k, v in run.final_state.items() if k.startswith("shards.2.")})
     state = run_method(method, run, ForgetRequest.forget_clients(2)).state
     assert state["active"].tolist() == [1.0, 1.0, 0.0, 1.0]

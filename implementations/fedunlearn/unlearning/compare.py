@@ -53,6 +53,11 @@ TOLERANCES: dict[str, float] = {"acc": 0.02, "asr": 0.02, "mia_auc": 0.02, "logp
 LM_HEADLINE_METRICS = ("forget_quality", "privleak", "forget_el", "unseen_el", "canary_exposure",
                        "unseen_canary_exposure", "model_utility", "test_logprob")
 
+#: What a † row means in every result table (a method judged against its own retraining).
+OWN_ORACLE_NOTE = ("† trains its own kind of model: judged against that model retrained from scratch without the "
+                   "forgotten data (same seed; band = the tolerance, no noise floor measured), and its ρ against "
+                   "that retraining's cost.")
+
 #: A backdoor scenario tests ASR claims only when θ_o's attack success rate lies at least this far
 #: above θ_r's (the backdoor is there to remove).
 BACKDOOR_MARGIN = 0.2
@@ -208,6 +213,14 @@ class Comparison:
         a backdoor's trigger margin suppressed further than retraining does)."""
         return self.gap(label, metric, "max") <= self.aggregate["band"][metric]
 
+    @property
+    def band_rule(self) -> str:
+        r"""How this comparison's retrain bands were set: $\max(\text{tol}, 2\sigma_r)$, or the
+        tolerance alone when no second oracle was retrained (every table says which)."""
+        if all(r.get("noise_floor", True) for r in self.per_seed):
+            return "max(tolerance, 2σ_r)"
+        return "= the tolerance (no second oracle retrained: σ_r not measured)"
+
     def informative(self, metric: str) -> bool:
         r"""Whether $\theta_o$ lies outside the retrain band of the metric (otherwise the metric
         cannot show forgetting in this scenario)."""
@@ -248,15 +261,11 @@ class Comparison:
             lines.append(f"| {label}{' †' if 'own_oracle' in row else ''} | " + " | ".join(cells) + " |")
         seed_list = ", ".join(map(str, self.seeds))
         spread = f"median [min, max] over seeds {seed_list}" if seeds > 1 else f"seed {seed_list}"
-        band = ("max(tolerance, 2σ_r)" if all(r.get("noise_floor", True) for r in self.per_seed)
-                else "= the tolerance (no second oracle retrained: σ_r not measured)")
         lines += ["", f"`{self.scenario}`, {spread}. In parentheses: the gap to θ_r of the same seed, ✓ within "
-                  f"the retrain band {band}, ✗ outside it; n.i. = not informative (θ_o is already "
+                  f"the retrain band {self.band_rule}, ✗ outside it; n.i. = not informative (θ_o is already "
                   "within that band)."]
         if own_oracles:
-            lines[-1] += (" † trains its own kind of model: judged against that model retrained from scratch "
-                          "without the forgotten data (same seed; band = the tolerance, no noise floor measured), "
-                          "and its ρ against that retraining's cost.")
+            lines[-1] += f" {OWN_ORACLE_NOTE}"
         if any(m.startswith("unseen_") or m == "canary_exposure" for m in metrics):
             lines[-1] += (" References: `unseen_*` columns measure people nobody trained on (the forgetting "
                           "threshold); a canary never seen has expected exposure log₂e ≈ 1.44 bits (maximum "

@@ -15,12 +15,11 @@ import html
 from collections.abc import Sequence
 
 from fedunlearn import catalog
-from fedunlearn.unlearning.compare import METRIC_HELP, Comparison
+from fedunlearn.unlearning.compare import METRIC_HELP, OWN_ORACLE_NOTE, Comparison
 from fedunlearn.unlearning.registry import CONTROLS
 
-#: Row groups, in page order: the harness's controls, then the survey's three families.
-FAMILY_TITLES = {"controls": "Controls", "perturbation": "Perturbation", "decomposition": "Model decomposition",
-                 "incremental": "Incremental learning (retraining)", "foundations": "Foundations"}
+#: Row groups, in page order: the harness's controls, then the catalog's families.
+FAMILY_TITLES = {"controls": "Controls", **catalog.FAMILIES}
 
 
 def family_of(label: str) -> str:
@@ -116,16 +115,13 @@ def grouped_table(result: Comparison, forgetting: Sequence[str], utility: Sequen
                       for c in costs]
             body.append(f"<tr><td><code>{html.escape(label)}</code>{mark}</td>{''.join(cells)}</tr>")
     seeds = ", ".join(map(str, result.seeds))
-    band = ("max(tolerance, 2σ_r)" if all(r.get("noise_floor", True) for r in result.per_seed)
-            else "the tolerance (no second oracle retrained, σ_r not measured)")
     caption = (f"<code>{html.escape(result.scenario)}</code>, "
                + (f"median over seeds {seeds}; second line: gap to θ_r of the same seed, then [min, max] over seeds"
                   if many else f"seed {seeds}; second line: gap to θ_r of the same seed")
-               + f". ✓ within the retrain band {band}, ✗ outside it; n.i. = not informative (θ_o already "
+               + f". ✓ within the retrain band {result.band_rule}, ✗ outside it; n.i. = not informative (θ_o already "
                "within the band). Hover a column for its meaning.")
     if own:
-        caption += (" † trains its own kind of model: judged against that model retrained without the forgotten "
-                    "data (band = the tolerance), ρ against that retraining.")
+        caption += f" {OWN_ORACLE_NOTE}"
     # a class on the table: the theme's and the notebook renderer's rules for plain tables do not apply
     return (f'<div class="fu-compare"><table class="fu-table"><thead>{"".join(head)}</thead><tbody>{"".join(body)}</tbody></table>'
             f"<p class=\"fu-caption\">{caption}</p></div>")
